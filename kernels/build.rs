@@ -7,7 +7,10 @@ fn main() {
         std::env::var("DEP_TCH_LIBTORCH_LIB")
             .expect("DEP_TCH_LIBTORCH_LIB unset: torch-sys must be a direct dependency"),
     );
-    let inc = lib.parent().expect("libtorch lib dir has a parent").join("include");
+    let inc = lib
+        .parent()
+        .expect("libtorch lib dir has a parent")
+        .join("include");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     for f in ["csrc/wkv7.cpp", "csrc/shim.h"] {

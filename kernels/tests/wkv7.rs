@@ -42,7 +42,9 @@ fn composed(x: &[&Tensor; 7]) -> (Tensor, Tensor) {
     for t in 0..t_len {
         let at = |x: &Tensor| x.select(1, t); // [B, H, N]
         let sa = s.matmul(&at(a).unsqueeze(-1)); // [B, H, N, 1]
-        s = &s * at(w).unsqueeze(2) + sa * at(b).unsqueeze(2) + at(v).unsqueeze(-1) * at(k).unsqueeze(2);
+        s = &s * at(w).unsqueeze(2)
+            + sa * at(b).unsqueeze(2)
+            + at(v).unsqueeze(-1) * at(k).unsqueeze(2);
         ys.push(s.matmul(&at(r).unsqueeze(-1)).squeeze_dim(-1));
     }
     (Tensor::stack(&ys, 1), s)
@@ -50,9 +52,18 @@ fn composed(x: &[&Tensor; 7]) -> (Tensor, Tensor) {
 
 /// Plain loops in f64 over flat buffers, index (b, t, h, n).
 fn loop_forward(x: &Inputs) -> (Vec<f64>, Vec<f64>) {
-    let [bn, tn, hn, nn] = <[i64; 4]>::try_from(x.r.size()).unwrap().map(|d| d as usize);
+    let [bn, tn, hn, nn] = <[i64; 4]>::try_from(x.r.size())
+        .unwrap()
+        .map(|d| d as usize);
     let flat = |t: &Tensor| Vec::<f64>::try_from(t.flatten(0, -1)).unwrap();
-    let (r, w, k, v, a, b) = (flat(&x.r), flat(&x.w), flat(&x.k), flat(&x.v), flat(&x.a), flat(&x.b));
+    let (r, w, k, v, a, b) = (
+        flat(&x.r),
+        flat(&x.w),
+        flat(&x.k),
+        flat(&x.v),
+        flat(&x.a),
+        flat(&x.b),
+    );
     let mut s = flat(&x.s0);
     let mut y = vec![0.0; r.len()];
     for bi in 0..bn {
@@ -63,7 +74,8 @@ fn loop_forward(x: &Inputs) -> (Vec<f64>, Vec<f64>) {
                 for i in 0..nn {
                     let sa: f64 = (0..nn).map(|j| st[i * nn + j] * a[o + j]).sum();
                     for j in 0..nn {
-                        st[i * nn + j] = st[i * nn + j] * w[o + j] + sa * b[o + j] + v[o + i] * k[o + j];
+                        st[i * nn + j] =
+                            st[i * nn + j] * w[o + j] + sa * b[o + j] + v[o + i] * k[o + j];
                     }
                     y[o + i] = (0..nn).map(|j| st[i * nn + j] * r[o + j]).sum();
                 }
@@ -89,16 +101,28 @@ fn compare(kind: Kind, bsz: i64, t: i64, h: i64, n: i64, seed: i64) -> Vec<(Stri
     let gy = Tensor::randn([bsz, t, h, n], (Kind::Double, Device::Cpu));
     let gs = Tensor::randn([bsz, h, n, n], (Kind::Double, Device::Cpu));
 
-    let leaves_ref: Vec<Tensor> = all.iter().map(|t| t.detach().copy().set_requires_grad(true)).collect();
+    let leaves_ref: Vec<Tensor> = all
+        .iter()
+        .map(|t| t.detach().copy().set_requires_grad(true))
+        .collect();
     let refs: [&Tensor; 7] = std::array::from_fn(|i| &leaves_ref[i]);
     let (y_ref, s_ref) = composed(&refs);
     ((&y_ref * &gy).sum(Kind::Double) + (&s_ref * &gs).sum(Kind::Double)).backward();
 
-    let leaves: Vec<Tensor> =
-        all.iter().map(|t| t.to_kind(kind).detach().copy().set_requires_grad(true)).collect();
-    let (y, s) = wkv7(&leaves[0], &leaves[1], &leaves[2], &leaves[3], &leaves[4], &leaves[5], &leaves[6]).unwrap();
+    let leaves: Vec<Tensor> = all
+        .iter()
+        .map(|t| t.to_kind(kind).detach().copy().set_requires_grad(true))
+        .collect();
+    let (y, s) = wkv7(
+        &leaves[0], &leaves[1], &leaves[2], &leaves[3], &leaves[4], &leaves[5], &leaves[6],
+    )
+    .unwrap();
     assert_eq!(y.kind(), kind, "y comes back in the input dtype");
-    let acc = if kind == Kind::Double { Kind::Double } else { Kind::Float };
+    let acc = if kind == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    };
     assert_eq!(s.kind(), acc, "state is kept in the accumulation dtype");
     ((&y.to_kind(acc) * gy.to_kind(acc)).sum(acc) + (&s * gs.to_kind(acc)).sum(acc)).backward();
 
@@ -119,7 +143,10 @@ fn report_and_check(label: &str, errs: &[(String, f64)], tol: f64) {
     let line: Vec<String> = errs.iter().map(|(n, e)| format!("{n} {e:.2e}")).collect();
     println!("{label}: {}", line.join(", "));
     for (n, e) in errs {
-        assert!(*e <= tol, "{label}: relative error of {n} is {e:.3e} > {tol:.0e}");
+        assert!(
+            *e <= tol,
+            "{label}: relative error of {n} is {e:.3e} > {tol:.0e}"
+        );
     }
 }
 
@@ -130,7 +157,12 @@ fn composed_oracle_matches_plain_f64_loop() {
     let (y, s) = composed(&[&x.r, &x.w, &x.k, &x.v, &x.a, &x.b, &x.s0]);
     let y = Vec::<f64>::try_from(y.flatten(0, -1)).unwrap();
     let s = Vec::<f64>::try_from(s.flatten(0, -1)).unwrap();
-    let max = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let max = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    };
     assert!(max(&y, &y_loop) < 1e-12 && max(&s, &s_loop) < 1e-12);
 }
 
@@ -173,16 +205,35 @@ fn bf16_inputs_run_with_fp32_state() {
 fn chunked_calls_carry_the_state_exactly() {
     let x = inputs(1, 24, 2, 16, 9);
     let f = |t: &Tensor| t.to_kind(Kind::Float);
-    let (y_full, s_full) = wkv7(&f(&x.r), &f(&x.w), &f(&x.k), &f(&x.v), &f(&x.a), &f(&x.b), &f(&x.s0)).unwrap();
+    let (y_full, s_full) = wkv7(
+        &f(&x.r),
+        &f(&x.w),
+        &f(&x.k),
+        &f(&x.v),
+        &f(&x.a),
+        &f(&x.b),
+        &f(&x.s0),
+    )
+    .unwrap();
     let part = |t: &Tensor, lo, len| f(t).narrow(1, lo, len);
     let (y1, s1) = wkv7(
-        &part(&x.r, 0, 10), &part(&x.w, 0, 10), &part(&x.k, 0, 10), &part(&x.v, 0, 10),
-        &part(&x.a, 0, 10), &part(&x.b, 0, 10), &f(&x.s0),
+        &part(&x.r, 0, 10),
+        &part(&x.w, 0, 10),
+        &part(&x.k, 0, 10),
+        &part(&x.v, 0, 10),
+        &part(&x.a, 0, 10),
+        &part(&x.b, 0, 10),
+        &f(&x.s0),
     )
     .unwrap();
     let (y2, s2) = wkv7(
-        &part(&x.r, 10, 14), &part(&x.w, 10, 14), &part(&x.k, 10, 14), &part(&x.v, 10, 14),
-        &part(&x.a, 10, 14), &part(&x.b, 10, 14), &s1,
+        &part(&x.r, 10, 14),
+        &part(&x.w, 10, 14),
+        &part(&x.k, 10, 14),
+        &part(&x.v, 10, 14),
+        &part(&x.a, 10, 14),
+        &part(&x.b, 10, 14),
+        &s1,
     )
     .unwrap();
     let y = Tensor::cat(&[y1, y2], 1);
@@ -198,6 +249,15 @@ fn bad_shapes_are_errors_not_aborts() {
     let s0 = Tensor::zeros([1, 2, 8, 8], o);
     let err = wkv7(&good, &good, &bad, &good, &good, &good, &s0).unwrap_err();
     assert!(err.0.contains("k has shape"), "{}", err.0);
-    let err = wkv7(&good, &good, &good, &good, &good, &good, &Tensor::zeros([1, 2, 8], o)).unwrap_err();
+    let err = wkv7(
+        &good,
+        &good,
+        &good,
+        &good,
+        &good,
+        &good,
+        &Tensor::zeros([1, 2, 8], o),
+    )
+    .unwrap_err();
     assert!(err.0.contains("state must be"), "{}", err.0);
 }

@@ -1,0 +1,14 @@
+//! rwkvtune-core: RWKV-7 ("x070") on libtorch — model, tokenizer, model hub I/O and generation.
+//!
+//! Data flows: hub directory → [`hub`] (weights, config) → [`model::Rwkv7`] ← [`tokenizer`] ids →
+//! logits → [`generate`] sampling. The wkv7 recurrence itself lives in the `rwkvtune-kernels`
+//! crate (a C++ autograd op).
+
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod hub;
+pub mod model;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

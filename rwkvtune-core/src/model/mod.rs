@@ -1,0 +1,342 @@
+//! RWKV-7 "Goose" (`x070`) on libtorch.
+//!
+//! The equations are those of the official implementation (BlinkDL/RWKV-LM, `rwkv` 0.8.32), as
+//! written out in `shared/reference/README.md` §"The model". Field names follow the state-dict
+//! keys (`x_r`, `w0`, `w1`, `k_k`, `ln_x`, ...) so the checkpoint, the spec and this file can be
+//! read side by side. One forward path serves training and inference: a sequence of any length
+//! from an optional incoming [`State`], returning the logits and the outgoing state; a fresh
+//! sequence is the zero state.
+//!
+//! Numerics: weights and activations may be fp32, bf16 or fp16; the decay `w` and the WKV state
+//! are always fp32 (bf16 state accumulation drifts within a few hundred tokens).
+
+mod init;
+mod state;
+mod weights;
+
+pub use state::{LayerState, State};
+pub use weights::ModelDims;
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use rwkvtune_kernels::wkv7;
+use tch::{Device, Kind, Tensor};
+
+/// e^{-1/2}: the decay is w = exp(-e^{-1/2} · σ(z)), so 0.545 < w < 1.
+const DECAY_SCALE: f64 = 0.606_530_659_712_633_4;
+/// LayerNorm epsilon of ln0/ln1/ln2/ln_out.
+const LN_EPS: f64 = 1e-5;
+/// GroupNorm epsilon of ln_x, for every head size (the official value was tuned for N = 64).
+const GN_EPS: f64 = 64e-5;
+
+// ---- layers -------------------------------------------------------------------------------------
+
+/// `nn.Linear` without bias: y = x Wᵀ.
+#[derive(Debug)]
+pub struct Linear {
+    /// [out, in]
+    pub weight: Tensor,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear::<&Tensor>(&self.weight, None)
+    }
+}
+
+/// Affine LayerNorm (also holds the GroupNorm parameters of `ln_x`).
+#[derive(Debug)]
+pub struct LayerNorm {
+    /// [C]
+    pub weight: Tensor,
+    /// [C]
+    pub bias: Tensor,
+}
+
+impl LayerNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let c = self.weight.size()[0];
+        x.layer_norm([c], Some(&self.weight), Some(&self.bias), LN_EPS, false)
+    }
+}
+
+/// The value-residual gate of blocks i > 0.
+#[derive(Debug)]
+pub struct ValueResidual {
+    /// [1, 1, C]
+    pub v0: Tensor,
+    /// [C, D_v]
+    pub v1: Tensor,
+    /// [D_v, C]
+    pub v2: Tensor,
+}
+
+/// Time mixing: token shift, r/w/k/v/a/g projections and the WKV recurrence.
+#[derive(Debug)]
+pub struct TimeMix {
+    /// Token-shift mix coefficients, each [1, 1, C].
+    pub x_r: Tensor,
+    pub x_w: Tensor,
+    pub x_k: Tensor,
+    pub x_v: Tensor,
+    pub x_a: Tensor,
+    pub x_g: Tensor,
+    /// Decay bias [1, 1, C] and low-rank pair [C, D_w], [D_w, C].
+    pub w0: Tensor,
+    pub w1: Tensor,
+    pub w2: Tensor,
+    /// In-context learning rate: [1, 1, C], [C, D_a], [D_a, C].
+    pub a0: Tensor,
+    pub a1: Tensor,
+    pub a2: Tensor,
+    /// `None` in block 0, which defines v_first instead.
+    pub v_residual: Option<ValueResidual>,
+    /// Output gate [C, D_g], [D_g, C].
+    pub g1: Tensor,
+    pub g2: Tensor,
+    /// Key scaling before normalisation [1, 1, C].
+    pub k_k: Tensor,
+    /// How much `a` rescales the key [1, 1, C].
+    pub k_a: Tensor,
+    /// Per-head bonus weights [H, N].
+    pub r_k: Tensor,
+    pub receptance: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub output: Linear,
+    /// Per-head GroupNorm parameters.
+    pub ln_x: LayerNorm,
+}
+
+/// Channel mixing: token shift and a squared-ReLU MLP of width F = 4C.
+#[derive(Debug)]
+pub struct ChannelMix {
+    /// [1, 1, C]
+    pub x_k: Tensor,
+    /// [F, C]
+    pub key: Linear,
+    /// [C, F]
+    pub value: Linear,
+}
+
+#[derive(Debug)]
+pub struct Block {
+    /// Only in block 0, and only when the checkpoint has it (some releases pre-normalise `emb`).
+    pub ln0: Option<LayerNorm>,
+    pub ln1: LayerNorm,
+    pub ln2: LayerNorm,
+    pub att: TimeMix,
+    pub ffn: ChannelMix,
+}
+
+/// An RWKV-7 language model.
+#[derive(Debug)]
+pub struct Rwkv7 {
+    /// [V, C]
+    pub emb: Tensor,
+    pub blocks: Vec<Block>,
+    pub ln_out: LayerNorm,
+    /// [V, C]
+    pub head: Linear,
+    pub dims: ModelDims,
+    /// The hub `config.json` this model was loaded with (dimensions agree with `dims`).
+    pub config: ModelConfig,
+}
+
+/// Token shift: the previous token's value for every position, seeded by the carried `prev`.
+/// `u` [B, T, C], `prev` [B, C] (any dtype) -> [B, T, C]
+fn shift(u: &Tensor, prev: &Tensor) -> Tensor {
+    let t = u.size()[1];
+    let prev = prev.to_kind(u.kind()).unsqueeze(1);
+    Tensor::cat(&[prev, u.narrow(1, 0, t - 1)], 1)
+}
+
+impl TimeMix {
+    /// `u` = LN1(x) [B, T, C]. Returns the block output [B, T, C] and the new layer state parts.
+    fn forward(
+        &self,
+        u: &Tensor,
+        v_first: &mut Option<Tensor>,
+        state: &LayerState,
+        dims: &ModelDims,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, c) = u.size3()?;
+        let (h, n) = (dims.n_head as i64, dims.head_size as i64);
+        let d = shift(u, &state.att_x) - u;
+        let mix = |m: &Tensor| u + &d * m;
+        let (xr, xw, xk, xv, xa, xg) = (
+            mix(&self.x_r),
+            mix(&self.x_w),
+            mix(&self.x_k),
+            mix(&self.x_v),
+            mix(&self.x_a),
+            mix(&self.x_g),
+        );
+
+        let r = self.receptance.forward(&xr);
+        let k = self.key.forward(&xk);
+        let mut v = self.value.forward(&xv);
+        // Decay in fp32 whatever the weights' dtype: w^T over hundreds of steps amplifies bf16 error.
+        let z = (&self.w0 + xw.matmul(&self.w1).tanh().matmul(&self.w2)).to_kind(Kind::Float);
+        let w = (z.sigmoid() * -DECAY_SCALE).exp();
+        let a = (&self.a0 + xa.matmul(&self.a1).matmul(&self.a2)).sigmoid();
+        let g = xg.matmul(&self.g1).sigmoid().matmul(&self.g2);
+
+        // κ: L2-normalised per head, from the raw key.
+        let kk = (&k * &self.k_k).view([b, t, h, n]);
+        let kk = &kk / kk.norm_scalaropt_dim(2, [-1], true).clamp_min(1e-12);
+        let k = &k * ((&a - 1.0) * &self.k_a + 1.0);
+
+        match (&self.v_residual, v_first.as_ref()) {
+            (None, _) => *v_first = Some(v.shallow_clone()),
+            (Some(vr), Some(vf)) => {
+                let gate = (&vr.v0 + xv.matmul(&vr.v1).matmul(&vr.v2)).sigmoid();
+                v = &v + (vf - &v) * gate;
+            }
+            (Some(_), None) => {
+                return Err(Error::InvalidArgument(
+                    "block 0 must define v_first before later blocks run".into(),
+                ))
+            }
+        }
+
+        // [B, T, C] -> [B, T, H, N]
+        let r4 = r.view([b, t, h, n]);
+        let k4 = k.view([b, t, h, n]);
+        let v4 = v.view([b, t, h, n]);
+        let a4 = a.view([b, t, h, n]);
+        let (y, kv) = wkv7(
+            &r4,
+            &w.view([b, t, h, n]),
+            &k4,
+            &v4,
+            &(-&kk),
+            &(&kk * &a4),
+            &state.att_kv,
+        )?;
+
+        // GroupNorm over each head's N channels: [B, T, C] -> [B*T, C] -> [B, T, C]
+        let y = y.reshape([b * t, c]).group_norm(
+            h,
+            Some(&self.ln_x.weight),
+            Some(&self.ln_x.bias),
+            GN_EPS,
+            false,
+        );
+        // Bonus (r · k' · r_k) v: one scalar per head scales that head's value.
+        let bonus = (&r4 * &k4 * &self.r_k).sum_dim_intlist([-1i64].as_slice(), true, None) * &v4;
+        let y = y.view([b, t, c]) + bonus.view([b, t, c]);
+        let out = self.output.forward(&(y * g));
+        Ok((out, u.select(1, t - 1).to_kind(Kind::Float), kv))
+    }
+}
+
+impl ChannelMix {
+    /// `f` = LN2(x) [B, T, C] -> ([B, T, C], new ffn_x [B, C]).
+    fn forward(&self, f: &Tensor, prev: &Tensor) -> (Tensor, Tensor) {
+        let t = f.size()[1];
+        let x = f + (shift(f, prev) - f) * &self.x_k;
+        let k = self.key.forward(&x).relu().square();
+        (
+            self.value.forward(&k),
+            f.select(1, t - 1).to_kind(Kind::Float),
+        )
+    }
+}
+
+impl Rwkv7 {
+    pub fn device(&self) -> Device {
+        self.emb.device()
+    }
+
+    /// The dtype of weights and activations.
+    pub fn kind(&self) -> Kind {
+        self.emb.kind()
+    }
+
+    /// Runs `ids` [B, T] (int64, T ≥ 1) from `state` (zeros when `None`).
+    ///
+    /// Returns logits [B, T', V] in the model dtype, where T' = min(T, `logits_to_keep`) counts the
+    /// last positions (`None` keeps all), and the state after the last token. Gradients flow into
+    /// the incoming state when it requires grad (chunked BPTT).
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        state: Option<&State>,
+        logits_to_keep: Option<i64>,
+    ) -> Result<(Tensor, State)> {
+        let (b, t) = ids.size2()?;
+        if t < 1 {
+            return Err(Error::InvalidArgument(
+                "forward needs at least one token".into(),
+            ));
+        }
+        self.check_ids(ids)?;
+        let zero;
+        let state = match state {
+            Some(s) => {
+                s.check(b, &self.dims)?;
+                s
+            }
+            None => {
+                zero = State::zeros(&self.dims, b, self.device());
+                &zero
+            }
+        };
+        let ids = ids.to_device(self.device());
+        let mut x = Tensor::embedding(&self.emb, &ids, -1, false, false);
+        let mut v_first = None;
+        let mut layers = Vec::with_capacity(self.blocks.len());
+        for (blk, ls) in self.blocks.iter().zip(&state.layers) {
+            if let Some(ln0) = &blk.ln0 {
+                x = ln0.forward(&x);
+            }
+            let (att, att_x, att_kv) =
+                blk.att
+                    .forward(&blk.ln1.forward(&x), &mut v_first, ls, &self.dims)?;
+            x = x + att;
+            let (ffn, ffn_x) = blk.ffn.forward(&blk.ln2.forward(&x), &ls.ffn_x);
+            x = x + ffn;
+            layers.push(LayerState {
+                att_x,
+                att_kv,
+                ffn_x,
+            });
+        }
+        if let Some(keep) = logits_to_keep {
+            if keep < t {
+                x = x.narrow(1, t - keep.max(1), keep.max(1));
+            }
+        }
+        let logits = self.head.forward(&self.ln_out.forward(&x));
+        Ok((logits, State { layers }))
+    }
+
+    /// Rejects ids outside the embedding table before libtorch turns them into an abort.
+    fn check_ids(&self, ids: &Tensor) -> Result<()> {
+        if !matches!(ids.kind(), Kind::Int64 | Kind::Int) {
+            return Err(Error::InvalidArgument(format!(
+                "token ids must be integers, got {:?}",
+                ids.kind()
+            )));
+        }
+        let lo = ids.min().int64_value(&[]);
+        let hi = ids.max().int64_value(&[]);
+        let v = self.dims.vocab_size as i64;
+        if lo < 0 || hi >= v {
+            let bad = if lo < 0 { lo } else { hi };
+            return Err(Error::InvalidArgument(format!(
+                "token id {bad} is out of range: this model's vocabulary has ids 0..{}",
+                v - 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// Convenience for one sequence: `ids` -> logits [T, V] (fp32) of every position.
+    pub fn logits(&self, ids: &[i64]) -> Result<Tensor> {
+        let ids = Tensor::from_slice(ids).unsqueeze(0);
+        let (logits, _) = self.forward(&ids, None, None)?;
+        Ok(logits.squeeze_dim(0).to_kind(Kind::Float))
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests of rwkvtune-core against the official RWKV-7 reference cases in
+//! `../shared/reference` (see its README for what each case pins down and the tolerances).
+
+mod common;
+mod hub_io;
+mod init;
+mod parity;
