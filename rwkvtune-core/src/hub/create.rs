@@ -133,13 +133,22 @@ pub fn create_hub(opts: &CreateHubOptions) -> Result<CreatedHub> {
     let (model, source_format) = match &opts.model_file {
         Some(file) => {
             let tensors = read_weights(file)?;
+            // A conversion writes the file's tensors as they are (dtype, extra keys such as
+            // block 0's unused v0/v1/v2), not the model's view of them.
+            let as_stored: Vec<_> = tensors
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .collect();
             let cfg = named_cfg.map(|mut c| {
                 opts.apply_overrides(&mut c);
                 c
             });
             let mut model = Rwkv7::from_tensors(tensors, cfg, file)?;
             opts.apply_overrides(&mut model.config);
-            (model, Some((file.clone(), WeightFormat::detect(file)?)))
+            (
+                model,
+                Some((file.clone(), WeightFormat::detect(file)?, as_stored)),
+            )
         }
         None => {
             let mut cfg = named_cfg.ok_or_else(|| {
@@ -175,11 +184,11 @@ pub fn create_hub(opts: &CreateHubOptions) -> Result<CreatedHub> {
     let result = (|| {
         let weights = stage.join(opts.save_format.file_name());
         match &source_format {
-            Some((src, fmt)) if *fmt == opts.save_format && opts.link_weights => {
+            Some((src, fmt, _)) if *fmt == opts.save_format && opts.link_weights => {
                 let abs = std::fs::canonicalize(src).map_err(|e| Error::io(src, e))?;
                 std::os::unix::fs::symlink(&abs, &weights).map_err(|e| Error::io(&weights, e))?;
             }
-            Some((src, fmt)) if *fmt == opts.save_format => {
+            Some((src, fmt, _)) if *fmt == opts.save_format => {
                 std::fs::copy(src, &weights).map_err(|e| Error::io(&weights, e))?;
             }
             Some(_) if opts.link_weights => {
@@ -187,7 +196,8 @@ pub fn create_hub(opts: &CreateHubOptions) -> Result<CreatedHub> {
                     "--link-weights cannot be combined with a format conversion (--save-format differs from the file)".into(),
                 ))
             }
-            _ => write_weights(&weights, &model.named_tensors(), opts.save_format)?,
+            Some((_, _, as_stored)) => write_weights(&weights, as_stored, opts.save_format)?,
+            None => write_weights(&weights, &model.named_tensors(), opts.save_format)?,
         }
         write_json(&stage.join("config.json"), &config.to_json())?;
         let gen = GenerationConfig {
