@@ -5,10 +5,15 @@
 //! crate (a C++ autograd op).
 
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod generate;
 pub mod hub;
+pub mod lora;
+pub mod metrics;
 pub mod model;
+pub mod plugin;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};

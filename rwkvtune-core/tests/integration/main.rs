@@ -5,3 +5,4 @@ mod common;
 mod hub_io;
 mod init;
 mod parity;
+mod train_step;
