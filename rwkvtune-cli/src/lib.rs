@@ -33,10 +33,18 @@ pub enum Command {
     Generate(cmd::generate::GenerateArgs),
     /// Package weights (or a fresh model from a config name) as a model-hub directory.
     CreateHub(cmd::create_hub::CreateHubArgs),
+    /// Merge a LoRA adapter into its base model, writing a plain model directory.
+    MergeLora(cmd::merge_lora::MergeLoraArgs),
     /// Measure forward and decode throughput of a model.
     Bench(cmd::bench::BenchArgs),
     /// The built-in demo: create a small model, run it, print text and timings.
     Demo(cmd::demo::DemoArgs),
+    /// Supervised fine-tuning on prompt/completion, chat or pre-tokenized data.
+    Sft(cmd::train::TrainArgs),
+    /// Continued pre-training (or from scratch with --from-scratch) on text or token ids.
+    Pretrain(cmd::train::TrainArgs),
+    /// Token-mean loss and perplexity of a model over the labelled tokens of a dataset (JSON).
+    Eval(cmd::train::EvalArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -49,8 +57,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Detokenize(a) => cmd::tokenize::run_detokenize(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::CreateHub(a) => cmd::create_hub::run(a),
+        Command::MergeLora(a) => cmd::merge_lora::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Sft(a) => cmd::train::run(rwkvtune_core::train::Task::Sft, a),
+        Command::Pretrain(a) => cmd::train::run(rwkvtune_core::train::Task::Pretrain, a),
+        Command::Eval(a) => cmd::train::run_eval(a),
     }
 }
 

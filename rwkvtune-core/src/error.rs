@@ -37,6 +37,10 @@ pub enum Error {
     // ---- subsystems ---------------------------------------------------------------------------
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("wkv7 kernel: {0}")]
     Kernel(#[from] rwkvtune_kernels::KernelError),
     #[error("libtorch: {0}")]

@@ -63,16 +63,16 @@ fn step(step: u64, loss: f64) -> StepMetrics {
 }
 
 #[test]
-fn tensorboard_reads_our_scalars_and_resume_hides_redone_steps() {
+fn tensorboard_reads_our_scalars_and_new_files_hide_replaced_steps() {
     let dir = tempfile::tempdir().unwrap();
-    let mut first = TbWriter::create(dir.path()).unwrap();
+    let mut first = TbWriter::create(dir.path(), 1).unwrap();
     for s in 1..=5u64 {
         first
             .add_scalars(s, &[("train/loss", 10.0 - s as f64), ("train/lr", 0.5)])
             .unwrap();
     }
     // The run "crashed" after step 5 with its checkpoint at step 3: steps 4 and 5 are redone.
-    let mut resumed = TbWriter::create_resumed(dir.path(), 3).unwrap();
+    let mut resumed = TbWriter::create(dir.path(), 4).unwrap();
     for s in 4..=6u64 {
         resumed
             .add_scalars(s, &[("train/loss", 100.0 + s as f64)])
@@ -94,6 +94,20 @@ fn tensorboard_reads_our_scalars_and_resume_hides_redone_steps() {
         ]
     );
     assert_eq!(scalars(&read, "train/lr"), [(1, 0.5), (2, 0.5), (3, 0.5)]);
+
+    // A fresh run into the same directory replaces the old curves instead of mixing with them.
+    // (It waits for the next second: a file named in the same second would sort by pid.)
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut fresh = TbWriter::create(dir.path(), 1).unwrap();
+    for s in 1..=2u64 {
+        fresh.add_scalars(s, &[("train/loss", s as f64)]).unwrap();
+    }
+    drop(fresh);
+    let read = tensorboard_read(dir.path());
+    assert_eq!(scalars(&read, "train/loss"), [(1, 1.0), (2, 2.0)]);
+    // The tag survives the purge, with no points left.
+    let lr = read["scalars"]["train/lr"].as_array();
+    assert!(lr.is_none_or(|v| v.is_empty()), "{read}");
 }
 
 #[test]

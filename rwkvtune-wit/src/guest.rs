@@ -83,13 +83,20 @@ impl TokenMatrix {
     /// is out of range.
     pub fn row(&self, i: usize) -> (&[u32], &[u8]) {
         let c = self.cols as usize;
-        (&self.ids[i * c..(i + 1) * c], &self.mask[i * c..(i + 1) * c])
+        (
+            &self.ids[i * c..(i + 1) * c],
+            &self.mask[i * c..(i + 1) * c],
+        )
     }
 
     /// The real (mask = 1) ids of row `i`.
     pub fn real_ids(&self, i: usize) -> Vec<u32> {
         let (ids, mask) = self.row(i);
-        ids.iter().zip(mask).filter(|(_, m)| **m != 0).map(|(id, _)| *id).collect()
+        ids.iter()
+            .zip(mask)
+            .filter(|(_, m)| **m != 0)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Number of real tokens in row `i`.
@@ -107,7 +114,12 @@ impl TokenMatrix {
             ids[r * c..r * c + n].copy_from_slice(&row[..n]);
             mask[r * c..r * c + n].fill(1);
         }
-        TokenMatrix { rows: rows.len() as u32, cols, ids, mask }
+        TokenMatrix {
+            rows: rows.len() as u32,
+            cols,
+            ids,
+            mask,
+        }
     }
 }
 

@@ -105,7 +105,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Ok(rwkvtune_kernels::wkv7(&r, &w, &k, &v, &aa, &bb, &s0).map(|_| ())?)
     })?;
     let comp = time(a.repeat, || {
-        composed_wkv(&r, &w, &k, &v, &aa, &bb, &s0);
+        let _ = composed_wkv(&r, &w, &k, &v, &aa, &bb, &s0);
         Ok(())
     })?;
     println!(
@@ -125,7 +125,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     })?;
     let naive = time(1, || {
         for i in 0..steps {
-            model.forward(&toks.narrow(1, 0, i + 1), None, Some(1))?;
+            let _ = model.forward(&toks.narrow(1, 0, i + 1), None, Some(1))?;
         }
         Ok(())
     })?;

@@ -5,7 +5,9 @@ pub mod create_hub;
 pub mod demo;
 pub mod generate;
 pub mod logits;
+pub mod merge_lora;
 pub mod tokenize;
+pub mod train;
 
 use anyhow::{bail, Context, Result};
 use rwkvtune_core::tokenizer::AutoTokenizer;

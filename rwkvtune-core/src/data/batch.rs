@@ -41,10 +41,22 @@ impl Batch {
 /// Pads the examples at `indices` to a common length: the longest one rounded up to a multiple
 /// of `pad_multiple` (so kernels that work in chunks of 16 get whole chunks), but never beyond
 /// `max_len` — the examples are already at most `max_len` long.
-pub fn collate(examples: &[Example], indices: &[usize], max_len: usize, pad_multiple: usize) -> Batch {
-    let longest = indices.iter().map(|&i| examples[i].len()).max().unwrap_or(0);
+pub fn collate(
+    examples: &[Example],
+    indices: &[usize],
+    max_len: usize,
+    pad_multiple: usize,
+) -> Batch {
+    let longest = indices
+        .iter()
+        .map(|&i| examples[i].len())
+        .max()
+        .unwrap_or(0);
     let m = pad_multiple.max(1);
-    let seq_len = longest.div_ceil(m).saturating_mul(m).min(max_len.max(longest));
+    let seq_len = longest
+        .div_ceil(m)
+        .saturating_mul(m)
+        .min(max_len.max(longest));
     let n = indices.len() * seq_len;
     let mut input_ids = Vec::with_capacity(n);
     let mut labels = Vec::with_capacity(n);
@@ -106,7 +118,8 @@ pub(crate) fn pack(examples: &[Example], ctx_len: usize) -> (Vec<Example>, Vec<u
             let take = (ctx_len - cur.len()).min(ex.len() - start);
             cur.input_ids
                 .extend_from_slice(&ex.input_ids[start..start + take]);
-            cur.labels.extend_from_slice(&ex.labels[start..start + take]);
+            cur.labels
+                .extend_from_slice(&ex.labels[start..start + take]);
             start += take;
             if cur.len() == ctx_len {
                 flush(&mut cur, cur_origin);
@@ -293,9 +306,21 @@ mod tests {
         let b = Batcher::new(5, 2, 0).unwrap();
         let mut c = Cursor::default();
         c.advance(&b);
-        assert_eq!(c, Cursor { epoch: 0, position: 1 });
+        assert_eq!(
+            c,
+            Cursor {
+                epoch: 0,
+                position: 1
+            }
+        );
         c.advance(&b);
-        assert_eq!(c, Cursor { epoch: 1, position: 0 });
+        assert_eq!(
+            c,
+            Cursor {
+                epoch: 1,
+                position: 0
+            }
+        );
         let s = Batcher::sequential(5, 2).unwrap();
         assert_eq!(s.batches_per_epoch(), 3);
         assert_eq!(s.batch_indices(&s.epoch_order(7), 2), &[4]);

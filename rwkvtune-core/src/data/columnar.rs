@@ -142,12 +142,13 @@ fn hf_shards(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
             })?;
         let mut shards = Vec::with_capacity(files.len());
         for f in files {
-            let name = f.get("filename").and_then(|n| n.as_str()).ok_or_else(|| {
-                DataError::Layout {
-                    path: state.clone(),
-                    message: "an entry of `_data_files` has no `filename`".into(),
-                }
-            })?;
+            let name =
+                f.get("filename")
+                    .and_then(|n| n.as_str())
+                    .ok_or_else(|| DataError::Layout {
+                        path: state.clone(),
+                        message: "an entry of `_data_files` has no `filename`".into(),
+                    })?;
             let shard = dir.join(name);
             if !shard.is_file() {
                 return Err(layout(format!(
@@ -309,10 +310,8 @@ impl Column {
         };
         let data = match (name, array.data_type()) {
             ("input_ids" | "labels", dt) if list_child(dt).is_some_and(DataType::is_integer) => {
-                let target = DataType::LargeList(Arc::new(Field::new_list_field(
-                    DataType::Int64,
-                    true,
-                )));
+                let target =
+                    DataType::LargeList(Arc::new(Field::new_list_field(DataType::Int64, true)));
                 ColumnData::Ids(cast_to(array, &target, at, name)?.as_list::<i64>().clone())
             }
             ("text" | "prompt" | "completion", dt) if is_string(dt) => {
@@ -331,7 +330,9 @@ impl Column {
                 let list = cast_to(array, &target, at, name)?.as_list::<i64>().clone();
                 let values = list.values().as_struct();
                 let field = |f: &str| -> Result<LargeStringArray, DataError> {
-                    let col = values.column_by_name(f).filter(|c| is_string(c.data_type()));
+                    let col = values
+                        .column_by_name(f)
+                        .filter(|c| is_string(c.data_type()));
                     let col = col.ok_or_else(|| DataError::WrongType {
                         at: at.clone(),
                         column: format!("{name}.{f}"),

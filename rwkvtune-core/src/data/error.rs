@@ -139,10 +139,7 @@ pub enum DataError {
     NoTrainableTokens { at: RowRef, reason: String },
     /// Tokenizing or rendering the chat template failed.
     #[error("{at}: {source}")]
-    Tokenizer {
-        at: RowRef,
-        source: TokenizerError,
-    },
+    Tokenizer { at: RowRef, source: TokenizerError },
     /// The chat template renders a conversation so that a prefix of it is not a prefix of the
     /// whole, which makes the assistant turns impossible to locate.
     #[error(

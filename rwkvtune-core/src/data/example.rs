@@ -144,7 +144,12 @@ impl Builder<'_> {
     /// are trained, the rest masked. Each assistant turn is located by rendering the conversation
     /// before it (with the generation prompt) and up to it; the text is tokenized segment by
     /// segment so that no token straddles a trained/masked boundary.
-    fn chat(&self, messages: &[ChatMessage], first: usize, at: &RowRef) -> Result<Example, DataError> {
+    fn chat(
+        &self,
+        messages: &[ChatMessage],
+        first: usize,
+        at: &RowRef,
+    ) -> Result<Example, DataError> {
         let render = |msgs: &[ChatMessage], gen: bool| {
             self.tok
                 .apply_chat_template(msgs, gen)
@@ -217,7 +222,12 @@ impl Builder<'_> {
         Ok(Example { input_ids, labels })
     }
 
-    fn check_ids(&self, ids: &[i64], column: &'static str, at: &RowRef) -> Result<Vec<u32>, DataError> {
+    fn check_ids(
+        &self,
+        ids: &[i64],
+        column: &'static str,
+        at: &RowRef,
+    ) -> Result<Vec<u32>, DataError> {
         let mut out = Vec::with_capacity(ids.len());
         for (position, &id) in ids.iter().enumerate() {
             if !(0..self.vocab_size as i64).contains(&id) {
@@ -228,7 +238,13 @@ impl Builder<'_> {
         Ok(out)
     }
 
-    fn out_of_range(&self, column: &'static str, position: usize, value: i64, at: &RowRef) -> DataError {
+    fn out_of_range(
+        &self,
+        column: &'static str,
+        position: usize,
+        value: i64,
+        at: &RowRef,
+    ) -> DataError {
         DataError::IdOutOfRange {
             at: at.clone(),
             column,
@@ -239,13 +255,20 @@ impl Builder<'_> {
     }
 
     fn encode(&self, text: &str, at: &RowRef) -> Result<Vec<u32>, DataError> {
-        self.tok.encode(text).map_err(|source| DataError::Tokenizer {
-            at: at.clone(),
-            source,
-        })
+        self.tok
+            .encode(text)
+            .map_err(|source| DataError::Tokenizer {
+                at: at.clone(),
+                source,
+            })
     }
 
-    fn push_eos(&self, tokens: &mut Vec<u32>, column: &'static str, at: &RowRef) -> Result<(), DataError> {
+    fn push_eos(
+        &self,
+        tokens: &mut Vec<u32>,
+        column: &'static str,
+        at: &RowRef,
+    ) -> Result<(), DataError> {
         if !self.opts.add_eos {
             return Ok(());
         }
@@ -342,6 +365,12 @@ mod tests {
             .map(|&l| l as u32)
             .collect();
         assert_eq!(tok.decode(&targets).unwrap(), " 4\n\n 6\n\n");
+        // Each reply ends in the eos token itself ("\n\n" = 261), so generation stops there.
+        assert_eq!(
+            targets.iter().filter(|&&t| t == 261).count(),
+            2,
+            "{targets:?}"
+        );
         // The whole sequence is the template rendering.
         let mut all = ex.input_ids.clone();
         all.push(*ex.labels.last().unwrap() as u32);

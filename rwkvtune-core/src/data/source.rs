@@ -156,7 +156,11 @@ fn guess_format(path: &Path, is_dir: bool) -> Result<DataFormat, DataError> {
 
 /// JSON Lines, or a single JSON array of records (`to_json(lines=False)`), told apart by the first
 /// non-blank byte. Returns `None` when the file holds no record.
-fn read_json(path: &Path, limit: usize, sink: &mut Sink<'_>) -> Result<Option<RowFormat>, DataError> {
+fn read_json(
+    path: &Path,
+    limit: usize,
+    sink: &mut Sink<'_>,
+) -> Result<Option<RowFormat>, DataError> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     // Peek only at the first buffer: a file that starts with a megabyte of whitespace is read as
@@ -220,13 +224,15 @@ fn read_json_array(
     sink: &mut Sink<'_>,
 ) -> Result<Option<RowFormat>, DataError> {
     let mut text = String::new();
-    reader.read_to_string(&mut text).map_err(|e| match e.kind() {
-        std::io::ErrorKind::InvalidData => DataError::UnknownFormat {
-            path: path.to_path_buf(),
-            message: "not valid UTF-8; re-save the file as UTF-8".into(),
-        },
-        _ => DataError::io(path, e),
-    })?;
+    reader
+        .read_to_string(&mut text)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => DataError::UnknownFormat {
+                path: path.to_path_buf(),
+                message: "not valid UTF-8; re-save the file as UTF-8".into(),
+            },
+            _ => DataError::io(path, e),
+        })?;
     let items: Vec<Value> = serde_json::from_str(&text).map_err(|e| DataError::Json {
         at: RowRef {
             path: path.to_path_buf(),
@@ -254,7 +260,10 @@ fn json_record(
 ) -> Result<(), DataError> {
     let Value::Object(mut obj) = value else {
         return Err(DataError::Json {
-            message: format!("expected an object with named fields, found {}", describe(&value)),
+            message: format!(
+                "expected an object with named fields, found {}",
+                describe(&value)
+            ),
             at,
         });
     };
@@ -284,9 +293,11 @@ fn json_record(
             prompt: json_turns(take(&mut obj, "prompt", &at)?, "prompt", &at)?,
             completion: json_turns(take(&mut obj, "completion", &at)?, "completion", &at)?,
         },
-        RowFormat::Messages => {
-            RawRow::Messages(json_messages(take(&mut obj, "messages", &at)?, "messages", &at)?)
-        }
+        RowFormat::Messages => RawRow::Messages(json_messages(
+            take(&mut obj, "messages", &at)?,
+            "messages",
+            &at,
+        )?),
     };
     sink(at, row)
 }
@@ -312,7 +323,10 @@ fn json_ids(value: Value, column: &str, at: &RowRef) -> Result<Vec<i64>, DataErr
     items
         .iter()
         .enumerate()
-        .map(|(i, v)| v.as_i64().ok_or_else(|| wrong(format!("{} at position {i}", describe(v)))))
+        .map(|(i, v)| {
+            v.as_i64()
+                .ok_or_else(|| wrong(format!("{} at position {i}", describe(v))))
+        })
         .collect()
 }
 
@@ -358,7 +372,11 @@ fn json_messages(value: Value, column: &str, at: &RowRef) -> Result<Vec<ChatMess
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
         let Value::Object(mut m) = item else {
-            return Err(wrong(format!("{column}[{i}]"), "an object {role, content}", describe(&item)));
+            return Err(wrong(
+                format!("{column}[{i}]"),
+                "an object {role, content}",
+                describe(&item),
+            ));
         };
         let mut field = |name: &str| match m.remove(name) {
             Some(Value::String(s)) => Ok(s),
@@ -405,7 +423,10 @@ mod tests {
     fn detect_prefers_token_columns() {
         let f = RowFormat::detect(&["text", "input_ids", "labels"]);
         assert_eq!(f, Some(RowFormat::Tokens { labels: true }));
-        assert_eq!(RowFormat::detect(&["prompt"]), Some(RowFormat::PromptCompletion));
+        assert_eq!(
+            RowFormat::detect(&["prompt"]),
+            Some(RowFormat::PromptCompletion)
+        );
         assert_eq!(RowFormat::detect(&["text", "id"]), Some(RowFormat::Text));
         assert_eq!(RowFormat::detect(&["foo"]), None);
     }

@@ -250,7 +250,7 @@ pub fn create_hub(opts: &CreateHubOptions) -> Result<CreatedHub> {
     })
 }
 
-fn dir_is_empty(p: &Path) -> bool {
+pub(crate) fn dir_is_empty(p: &Path) -> bool {
     std::fs::read_dir(p)
         .map(|mut d| d.next().is_none())
         .unwrap_or(false)
@@ -258,7 +258,7 @@ fn dir_is_empty(p: &Path) -> bool {
 
 /// Moves the staged files into `out`: one rename of the whole folder when `out` is new or empty,
 /// else file by file (each rename atomic) so files already there but not ours survive.
-fn publish(stage: &Path, out: &Path) -> Result<()> {
+pub(crate) fn publish(stage: &Path, out: &Path) -> Result<()> {
     if out.exists() && dir_is_empty(out) {
         std::fs::remove_dir(out).map_err(|e| Error::io(out, e))?;
     }

@@ -202,8 +202,12 @@ pub struct MetricsLogger {
 
 impl MetricsLogger {
     /// Opens the logs of a run: fresh files, or for `config.resume_step = Some(step)` the old
-    /// `loss_data.jsonl` cut back to `step` and a new TensorBoard file that hides the old steps
-    /// after `step`.
+    /// `loss_data.jsonl` cut back to `step`. TensorBoard always gets a new event file, which hides
+    /// the steps from `step + 1` on (from 1 on for a fresh run) logged by older files of the
+    /// directory (see [`TbWriter::create`]).
+    ///
+    /// Create it right before the first step: the first step's time (hence its tokens/s) is
+    /// counted from here.
     pub fn new(config: &MetricsConfig) -> Result<Self, MetricsError> {
         if config.log_every == 0 {
             return Err(MetricsError::InvalidConfig {
@@ -219,12 +223,12 @@ impl MetricsLogger {
             None => (JsonlWriter::create(&jsonl_path)?, Vec::new()),
             Some(step) => JsonlWriter::resume(&jsonl_path, step)?,
         };
-        let tensorboard = match (config.report_to.tensorboard, config.resume_step) {
-            (false, _) => None,
-            (true, None) => Some(TbWriter::create(&tb_dir)?),
-            (true, Some(step)) => Some(TbWriter::create_resumed(&tb_dir, step)?),
-        };
         let start_step = config.resume_step.unwrap_or(0);
+        let tensorboard = if config.report_to.tensorboard {
+            Some(TbWriter::create(&tb_dir, start_step + 1)?)
+        } else {
+            None
+        };
         let now = Instant::now();
         let mut logger = MetricsLogger {
             output_dir: dir.clone(),

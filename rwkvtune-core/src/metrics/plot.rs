@@ -53,10 +53,12 @@ pub fn ema(values: &[f64], weight: f64) -> Vec<f64> {
         .collect()
 }
 
-/// The EMA weight for a curve of `n` points: an effective window of about 1/25 of the run (at
-/// least 10 steps), so the smoothed line looks equally smooth for 50-step and 50k-step runs.
+/// The EMA weight for a curve of `n` points: an effective window of about 1/25 of the run, so the
+/// smoothed line looks equally smooth for 500-step and 50k-step runs; at least 10 steps, except
+/// in very short runs (n / 5), where a long window would only make the line lag.
 pub fn ema_weight(n: usize) -> f64 {
-    let span = (n as f64 / 25.0).max(10.0);
+    let n = n as f64;
+    let span = (n / 25.0).max((n / 5.0).min(10.0)).max(1.0);
     1.0 - 2.0 / (span + 1.0)
 }
 
@@ -112,6 +114,14 @@ fn draw(points: &[(f64, f64)], path: &Path, title: &str) -> Result<(), String> {
     let margin = 0.05 * (hi - lo);
     let (y0, y1) = widen(lo - margin, hi + margin, 0.1 * lo.abs().max(1e-3));
 
+    // Enough decimals to tell the tick labels apart, no more.
+    let decimals = match y1 - y0 {
+        r if r >= 5.0 => 1,
+        r if r >= 0.5 => 2,
+        r if r >= 0.05 => 3,
+        _ => 4,
+    };
+
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
@@ -126,7 +136,7 @@ fn draw(points: &[(f64, f64)], path: &Path, title: &str) -> Result<(), String> {
         .x_desc("step")
         .y_desc("loss")
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.3}"))
+        .y_label_formatter(&|y| format!("{y:.*}", decimals))
         .axis_desc_style(("sans-serif", 18))
         .label_style(("sans-serif", 14))
         .light_line_style(WHITE.mix(0.0))
@@ -197,7 +207,10 @@ mod tests {
         // With weight 0.5: 1, then (0.25 + 1.5) / 0.75.
         let s = ema(&[1.0, 3.0], 0.5);
         assert!((s[1] - 1.75 / 0.75).abs() < 1e-12);
-        assert!((ema_weight(10) - (1.0 - 2.0 / 11.0)).abs() < 1e-12);
+        assert!((ema_weight(100) - (1.0 - 2.0 / 11.0)).abs() < 1e-12);
+        assert!((ema_weight(1000) - (1.0 - 2.0 / 41.0)).abs() < 1e-12);
+        assert!((ema_weight(10) - (1.0 - 2.0 / 3.0)).abs() < 1e-12);
+        assert_eq!(ema_weight(1), 0.0);
     }
 
     #[test]

@@ -104,6 +104,8 @@ impl Progress {
             Output::Plain(w) => {
                 let now = Instant::now();
                 let last = line.total_steps > 0 && line.step >= line.total_steps;
+                // `%` rather than `is_multiple_of`: that needs Rust 1.87, the workspace says 1.85.
+                #[allow(clippy::manual_is_multiple_of)]
                 let due = match self.last_line {
                     None => true,
                     Some(t) => line.step % self.log_every == 0 || last || now - t >= HEARTBEAT,
@@ -143,7 +145,7 @@ fn new_bar(total_steps: u64, start_step: u64) -> ProgressBar {
     let (len, template) = if total_steps > 0 {
         (
             Some(total_steps),
-            "{spinner:.green} {bar:30.cyan/blue} {pos}/{len} {msg}",
+            "{spinner:.green} {bar:20.cyan/blue} {pos}/{len} {msg}",
         )
     } else {
         (None, "{spinner:.green} step {pos} {msg}")

@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::MetricsError;
 
 /// The first record of every event file; TensorBoard reads the version from it (version 2 makes it
-/// purge on `SessionLog.START`, which is how a resumed run hides the steps it re-does).
+/// purge on `SessionLog.START`, see [`TbWriter::create`]).
 const FILE_VERSION: &str = "brain.Event:2";
 
 /// How many event files one process may start in one directory within one second.
@@ -39,12 +39,19 @@ pub struct TbWriter {
 }
 
 impl TbWriter {
-    /// Creates `dir` if needed and a new event file in it, named
-    /// `events.out.tfevents.<unix secs>.<hostname>.<pid>.<n>`, starting with the file-version event.
-    /// `n` is 0 unless a file of that name exists (a resume in the same second): TensorBoard reads
+    /// Creates `dir` if needed and a new event file in it for a run whose next step is
+    /// `first_step` (1 for a fresh run, the checkpoint's step + 1 for a resumed one).
+    ///
+    /// The file starts with the file-version event and a `SessionLog.START` at `first_step`: on
+    /// reading it TensorBoard drops whatever older files of `dir` logged at `first_step` or later,
+    /// i.e. the steps a crashed run logged after its checkpoint (about to be redone), or a whole
+    /// earlier run in the same output directory (replaced, as `loss_data.jsonl` is). Nothing is
+    /// deleted from disk.
+    ///
+    /// The name is `events.out.tfevents.<unix secs>.<hostname>.<pid>.<n>`, where `n` is 0 unless a file of that name exists (a resume in the same second): TensorBoard reads
     /// a directory's files in name order, so a later file must never sort before an earlier one,
     /// which a process-wide counter (9 < 10 but ".10" < ".9") could not promise.
-    pub fn create(dir: &Path) -> Result<Self, MetricsError> {
+    pub fn create(dir: &Path, first_step: u64) -> Result<Self, MetricsError> {
         std::fs::create_dir_all(dir).map_err(|e| MetricsError::io(dir, e))?;
         let secs = unix_now().floor() as u64;
         let host = hostname();
@@ -58,6 +65,11 @@ impl TbWriter {
                     let mut event = event_header(unix_now(), 0);
                     put_bytes(&mut event, 3, FILE_VERSION.as_bytes());
                     writer.write_record(&event)?;
+                    let mut session_log = Vec::new();
+                    put_varint_field(&mut session_log, 1, SESSION_START);
+                    let mut event = event_header(unix_now(), first_step as i64);
+                    put_bytes(&mut event, 7, &session_log);
+                    writer.write_record(&event)?;
                     return Ok(writer);
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
@@ -69,19 +81,6 @@ impl TbWriter {
             dir,
             std::io::Error::new(ErrorKind::AlreadyExists, msg),
         ))
-    }
-
-    /// Like [`TbWriter::create`] for a run resumed after `resumed_step`: also writes a
-    /// `SessionLog.START` at `resumed_step + 1`, so TensorBoard drops the steps after `resumed_step`
-    /// that older files of this directory recorded before the crash (they are being redone).
-    pub fn create_resumed(dir: &Path, resumed_step: u64) -> Result<Self, MetricsError> {
-        let mut writer = Self::create(dir)?;
-        let mut session_log = Vec::new();
-        put_varint_field(&mut session_log, 1, SESSION_START);
-        let mut event = event_header(unix_now(), resumed_step as i64 + 1);
-        put_bytes(&mut event, 7, &session_log);
-        writer.write_record(&event)?;
-        Ok(writer)
     }
 
     /// The event file being written.
@@ -229,15 +228,14 @@ mod tests {
     #[test]
     fn records_are_framed_and_checksummed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = TbWriter::create(dir.path()).unwrap();
+        let mut w = TbWriter::create(dir.path(), 1).unwrap();
         w.add_scalars_at(1.5, 7, &[("train/loss", 2.0)]).unwrap();
         let name = w.path().file_name().unwrap().to_str().unwrap().to_string();
         assert!(name.starts_with("events.out.tfevents."), "{name}");
-        assert!(name.ends_with(&format!(
-            ".{}.{}",
-            std::process::id(),
-            name.rsplit('.').next().unwrap()
-        )));
+        assert!(
+            name.ends_with(&format!(".{}.0", std::process::id())),
+            "{name}"
+        );
 
         let bytes = std::fs::read(w.path()).unwrap();
         let mut payloads = Vec::new();
@@ -253,10 +251,12 @@ mod tests {
             payloads.push(payload.to_vec());
             at += 16 + len;
         }
-        assert_eq!(payloads.len(), 2);
+        assert_eq!(payloads.len(), 3);
         assert!(payloads[0]
             .windows(13)
             .any(|w| w == FILE_VERSION.as_bytes()));
+        // After wall_time (9 bytes): step 1, then session_log = SessionLog{status: START}.
+        assert_eq!(payloads[1][9..], [0x10, 1, 0x3a, 2, 0x08, 1]);
 
         // The summary event, byte by byte: wall_time, step, then Summary{Value{tag, simple_value}}.
         let mut want = vec![0x09];
@@ -265,14 +265,14 @@ mod tests {
         want.extend_from_slice(b"train/loss");
         want.push(0x15);
         want.extend_from_slice(&2.0f32.to_le_bytes());
-        assert_eq!(payloads[1], want);
+        assert_eq!(payloads[2], want);
     }
 
     #[test]
     fn files_created_in_the_same_second_get_distinct_names() {
         let dir = tempfile::tempdir().unwrap();
-        let a = TbWriter::create(dir.path()).unwrap();
-        let b = TbWriter::create_resumed(dir.path(), 3).unwrap();
+        let a = TbWriter::create(dir.path(), 1).unwrap();
+        let b = TbWriter::create(dir.path(), 4).unwrap();
         assert_ne!(a.path(), b.path());
     }
 
@@ -281,7 +281,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("not-a-dir");
         std::fs::write(&file, b"x").unwrap();
-        let err = TbWriter::create(&file.join("tb")).unwrap_err();
+        let err = TbWriter::create(&file.join("tb"), 1).unwrap_err();
         assert!(err.to_string().contains("not-a-dir"), "{err}");
     }
 }

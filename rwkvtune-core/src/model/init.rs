@@ -140,28 +140,16 @@ impl Rwkv7 {
                 k_k: vector(chans().map(|i| 0.71 - 0.1 * lin(i))),
                 k_a: vector(chans().map(|_| 1.02)),
                 r_k: Tensor::full([h, n], -0.04, (Kind::Float, Device::Cpu)),
-                receptance: Linear {
-                    weight: rng.uniform(&[c, c], 0.5 / cf.sqrt()),
-                },
-                key: Linear {
-                    weight: rng.uniform(&[c, c], 0.05 / cf.sqrt()),
-                },
-                value: Linear {
-                    weight: rng.uniform(&[c, c], 0.5 / cf.sqrt()),
-                },
-                output: Linear {
-                    weight: zeros(&[c, c]),
-                },
+                receptance: Linear::new(rng.uniform(&[c, c], 0.5 / cf.sqrt())),
+                key: Linear::new(rng.uniform(&[c, c], 0.05 / cf.sqrt())),
+                value: Linear::new(rng.uniform(&[c, c], 0.5 / cf.sqrt())),
+                output: Linear::new(zeros(&[c, c])),
                 ln_x: layer_norm(c),
             };
             let ffn = ChannelMix {
                 x_k: ramp(r1.powi(4)),
-                key: Linear {
-                    weight: rng.uniform(&[4 * c, c], 0.5 / cf.sqrt()),
-                },
-                value: Linear {
-                    weight: zeros(&[c, 4 * c]),
-                },
+                key: Linear::new(rng.uniform(&[4 * c, c], 0.5 / cf.sqrt())),
+                value: Linear::new(zeros(&[c, 4 * c])),
             };
             blocks.push(Block {
                 ln0: (layer == 0).then(|| layer_norm(c)),
@@ -180,9 +168,7 @@ impl Rwkv7 {
             emb: rng.uniform(&[v, c], 1e-4),
             blocks,
             ln_out: layer_norm(c),
-            head: Linear {
-                weight: rng.orthogonal(v, c, head_gain),
-            },
+            head: Linear::new(rng.orthogonal(v, c, head_gain)),
             dims: super::ModelDims {
                 n_layer: l_count,
                 n_embd: c as usize,

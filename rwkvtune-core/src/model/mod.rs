@@ -19,6 +19,7 @@ pub use weights::ModelDims;
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::lora::LoraAdapter;
 use rwkvtune_kernels::wkv7;
 use tch::{Device, Kind, Tensor};
 
@@ -31,16 +32,31 @@ const GN_EPS: f64 = 64e-5;
 
 // ---- layers -------------------------------------------------------------------------------------
 
-/// `nn.Linear` without bias: y = x Wᵀ.
+/// `nn.Linear` without bias: y = x Wᵀ, plus s·B(A·x) when a LoRA adapter is attached and active
+/// (see [`crate::lora`]; the adapter is in-memory math only, its files live in `lora::adapter_io`).
 #[derive(Debug)]
 pub struct Linear {
     /// [out, in]
     pub weight: Tensor,
+    /// `None` for a plain model; set by [`crate::lora::get_peft_model`] / `load_adapter`.
+    pub lora: Option<LoraAdapter>,
 }
 
 impl Linear {
+    pub fn new(weight: Tensor) -> Self {
+        Linear { weight, lora: None }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear::<&Tensor>(&self.weight, None)
+        let y = x.linear::<&Tensor>(&self.weight, None);
+        match self.lora.as_ref().and_then(|l| l.forward(x)) {
+            // The adapter may be kept in another dtype than W (fp32 adapters on a bf16 base).
+            Some(delta) => {
+                let kind = y.kind();
+                y + delta.to_kind(kind)
+            }
+            None => y,
+        }
     }
 }
 

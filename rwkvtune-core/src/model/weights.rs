@@ -81,9 +81,9 @@ impl Taker<'_> {
     }
 
     fn linear(&mut self, name: &str, out: i64, inp: i64) -> Result<Linear> {
-        Ok(Linear {
-            weight: self.take(&format!("{name}.weight"), &[out, inp])?,
-        })
+        Ok(Linear::new(
+            self.take(&format!("{name}.weight"), &[out, inp])?,
+        ))
     }
 }
 

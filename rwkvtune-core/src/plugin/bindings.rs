@@ -60,7 +60,10 @@ impl WitVersion {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::SUPPORTED.iter().find(|(v, _)| *v == s).map(|(_, w)| *w)
+        Self::SUPPORTED
+            .iter()
+            .find(|(v, _)| *v == s)
+            .map(|(_, w)| *w)
     }
 }
 

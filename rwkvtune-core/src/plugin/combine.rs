@@ -40,7 +40,9 @@ pub fn combine_rewards(
         )));
     }
     if let Some(w) = weights.iter().find(|w| !w.is_finite()) {
-        return Err(PluginError::Config(format!("reward weight {w} is not finite")));
+        return Err(PluginError::Config(format!(
+            "reward weight {w} is not finite"
+        )));
     }
     let mut rewards = vec![0.0f32; n];
     let mut valid = vec![true; n];

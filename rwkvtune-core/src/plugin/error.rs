@@ -105,5 +105,7 @@ pub enum PluginError {
 }
 
 fn sample_suffix(sample: Option<usize>) -> String {
-    sample.map(|i| format!(" at sample {i}")).unwrap_or_default()
+    sample
+        .map(|i| format!(" at sample {i}"))
+        .unwrap_or_default()
 }

@@ -44,7 +44,12 @@ pub(crate) struct Guard {
 }
 
 impl Guard {
-    pub fn new(info: PluginInfo, on_error: OnError, max_consecutive: Option<u32>, log: LogSink) -> Self {
+    pub fn new(
+        info: PluginInfo,
+        on_error: OnError,
+        max_consecutive: Option<u32>,
+        log: LogSink,
+    ) -> Self {
         Guard {
             info,
             on_error,
@@ -244,7 +249,10 @@ pub(crate) fn normalise(
             if m.rows != n || m.cols != cols {
                 return Err(Failure::new(
                     FailureKind::InvalidOutput,
-                    format!("returned a [{} x {}] token matrix for a [{n} x {cols}] batch", m.rows, m.cols),
+                    format!(
+                        "returned a [{} x {}] token matrix for a [{n} x {cols}] batch",
+                        m.rows, m.cols
+                    ),
                 ));
             }
             m.check_shape()

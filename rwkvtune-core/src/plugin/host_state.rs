@@ -102,12 +102,14 @@ impl host::Host for HostState {
         let vocab = self.tokenizer.vocab_size();
         ids.iter()
             .enumerate()
-            .map(|(row, ids)| match ids.iter().find(|id| **id as usize >= vocab) {
-                Some(bad) => Err(format!(
-                    "detokenize: row {row} has id {bad}, outside the vocabulary (size {vocab})"
-                )),
-                None => Ok(self.tokenizer.decode(ids)),
-            })
+            .map(
+                |(row, ids)| match ids.iter().find(|id| **id as usize >= vocab) {
+                    Some(bad) => Err(format!(
+                        "detokenize: row {row} has id {bad}, outside the vocabulary (size {vocab})"
+                    )),
+                    None => Ok(self.tokenizer.decode(ids)),
+                },
+            )
             .collect()
     }
 

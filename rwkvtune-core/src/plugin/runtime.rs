@@ -75,7 +75,9 @@ pub struct PluginRuntime {
 impl PluginRuntime {
     pub fn new(options: RuntimeOptions) -> Result<Self, PluginError> {
         if options.epoch_tick_ms == 0 {
-            return Err(PluginError::Config("epoch_tick_ms must be at least 1".into()));
+            return Err(PluginError::Config(
+                "epoch_tick_ms must be at least 1".into(),
+            ));
         }
         let mut cfg = Config::new();
         cfg.wasm_component_model(true)
@@ -119,11 +121,19 @@ impl PluginRuntime {
         };
         let load_time = start.elapsed();
         let ty = component.component_type();
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
-        let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
         let mut roles = Vec::new();
         for name in &exports {
-            let Some((iface, version)) = parse_export_name(name) else { continue };
+            let Some((iface, version)) = parse_export_name(name) else {
+                continue;
+            };
             let role = match iface {
                 "reward" => Role::Reward,
                 "postprocess" => Role::Postprocess,
@@ -157,7 +167,8 @@ impl PluginRuntime {
         tokenizer: Arc<dyn PluginTokenizer>,
         log: LogSink,
     ) -> Result<WasmReward, PluginError> {
-        let (sandbox, info, loaded) = self.start::<reward::RewardPlugin>(spec, tokenizer, log.clone())?;
+        let (sandbox, info, loaded) =
+            self.start::<reward::RewardPlugin>(spec, tokenizer, log.clone())?;
         Ok(WasmReward::new(sandbox, info, spec, loaded, log))
     }
 
@@ -170,7 +181,9 @@ impl PluginRuntime {
     ) -> Result<WasmPostprocessor, PluginError> {
         let (sandbox, info, loaded) =
             self.start::<postprocess::PostprocessPlugin>(spec, tokenizer.clone(), log.clone())?;
-        Ok(WasmPostprocessor::new(sandbox, info, spec, loaded, tokenizer, log))
+        Ok(WasmPostprocessor::new(
+            sandbox, info, spec, loaded, tokenizer, log,
+        ))
     }
 
     fn start<B: Binding>(
@@ -197,7 +210,11 @@ impl PluginRuntime {
                      roles: {}); build it for the `{}-plugin` world",
                     B::ROLE.interface(),
                     B::ROLE.interface(),
-                    if found.is_empty() { "none".to_string() } else { found.join(", ") },
+                    if found.is_empty() {
+                        "none".to_string()
+                    } else {
+                        found.join(", ")
+                    },
                     B::ROLE.interface(),
                 ),
             });
@@ -218,7 +235,11 @@ impl PluginRuntime {
 }
 
 fn supported_list() -> String {
-    WitVersion::SUPPORTED.iter().map(|(v, _)| *v).collect::<Vec<_>>().join(", ")
+    WitVersion::SUPPORTED
+        .iter()
+        .map(|(v, _)| *v)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Advances the engine's epoch every `tick`; ends when the engine is dropped.

@@ -127,7 +127,12 @@ impl<B: Binding> Sandbox<B> {
         self.live = None; // drop the old store (and its memory) first
         let p = &self.parts;
         let memory = usize::try_from(p.limits.memory_mib << 20).unwrap_or(usize::MAX);
-        let state = HostState::new(p.tokenizer.clone(), p.log.clone(), self.label.clone(), memory);
+        let state = HostState::new(
+            p.tokenizer.clone(),
+            p.log.clone(),
+            self.label.clone(),
+            memory,
+        );
         let mut store = Store::new(&p.engine, state);
         store.limiter(|s| &mut s.limiter);
         self.arm(&mut store)?;
@@ -153,7 +158,9 @@ impl<B: Binding> Sandbox<B> {
     /// Gives the next call its full time (and fuel) budget.
     fn arm(&self, store: &mut Store<HostState>) -> Result<(), Failure> {
         let p = &self.parts;
-        store.set_epoch_deadline(p.limits.call_timeout_ms.div_ceil(p.tick_ms).max(1));
+        // +1: the next tick may come at once, so N ticks alone could end the call up to one tick
+        // early; the limit is a floor, overshot by at most one tick.
+        store.set_epoch_deadline(p.limits.call_timeout_ms.div_ceil(p.tick_ms) + 1);
         store.data_mut().limiter.exceeded = false;
         if p.fuel_enabled {
             store
@@ -169,7 +176,10 @@ impl<B: Binding> Sandbox<B> {
         if store.data().limiter.exceeded {
             return Failure::new(
                 FailureKind::OutOfMemory,
-                format!("exceeded the {} MiB memory cap: {detail}", limits.memory_mib),
+                format!(
+                    "exceeded the {} MiB memory cap: {detail}",
+                    limits.memory_mib
+                ),
             );
         }
         match err.downcast_ref::<Trap>() {

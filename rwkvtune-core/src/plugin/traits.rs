@@ -48,7 +48,12 @@ where
     pub fn new(name: &str, on_error: OnError, f: F) -> Self {
         NativeReward {
             f,
-            guard: Guard::new(PluginInfo::new(name, "native", ""), on_error, None, stderr_sink()),
+            guard: Guard::new(
+                PluginInfo::new(name, "native", ""),
+                on_error,
+                None,
+                stderr_sink(),
+            ),
         }
     }
 
@@ -94,7 +99,12 @@ where
         NativePostprocessor {
             f,
             tokenizer,
-            guard: Guard::new(PluginInfo::new(name, "native", ""), on_error, None, stderr_sink()),
+            guard: Guard::new(
+                PluginInfo::new(name, "native", ""),
+                on_error,
+                None,
+                stderr_sink(),
+            ),
         }
     }
 
@@ -142,22 +152,37 @@ mod tests {
     #[test]
     fn native_reward_validates_like_a_plugin() {
         let mut nan = NativeReward::new("nan", OnError::Zero, |b: &RolloutBatch| {
-            Ok((0..b.len()).map(|i| Some(if i == 1 { f32::NAN } else { 1.0 })).collect())
+            Ok((0..b.len())
+                .map(|i| Some(if i == 1 { f32::NAN } else { 1.0 }))
+                .collect())
         })
         .with_log(Arc::new(|_: &_| {}));
         let out = nan.compute(&batch(3)).unwrap();
-        assert_eq!(out, [RewardValue::Value(1.0), RewardValue::Value(0.0), RewardValue::Value(1.0)]);
+        assert_eq!(
+            out,
+            [
+                RewardValue::Value(1.0),
+                RewardValue::Value(0.0),
+                RewardValue::Value(1.0)
+            ]
+        );
         assert_eq!(nan.stats().failures_of(FailureKind::InvalidValue), 1);
 
-        let mut short = NativeReward::new("short", OnError::Abort, |_: &RolloutBatch| Ok(vec![None]));
+        let mut short =
+            NativeReward::new("short", OnError::Abort, |_: &RolloutBatch| Ok(vec![None]));
         let err = short.compute(&batch(2)).unwrap_err().to_string();
-        assert!(err.contains("short") && err.contains("1 rewards for 2"), "{err}");
+        assert!(
+            err.contains("short") && err.contains("1 rewards for 2"),
+            "{err}"
+        );
     }
 
     #[test]
     fn skip_marks_failed_samples_and_consecutive_failures_abort() {
-        let mut f = NativeReward::new("err", OnError::Skip, |_: &RolloutBatch| Err("no".to_string()))
-            .with_log(Arc::new(|_: &_| {}));
+        let mut f = NativeReward::new("err", OnError::Skip, |_: &RolloutBatch| {
+            Err("no".to_string())
+        })
+        .with_log(Arc::new(|_: &_| {}));
         f.guard.max_consecutive_failures = Some(2);
         assert_eq!(f.compute(&batch(2)).unwrap(), [RewardValue::Failed; 2]);
         let err = f.compute(&batch(2)).unwrap_err().to_string();

@@ -69,7 +69,10 @@ impl TokenMatrix {
 
     /// `Err` names the first inconsistency: lengths against rows × cols.
     pub fn check_shape(&self) -> Result<(), String> {
-        let want = self.rows.checked_mul(self.cols).ok_or("rows * cols overflows")?;
+        let want = self
+            .rows
+            .checked_mul(self.cols)
+            .ok_or("rows * cols overflows")?;
         if self.ids.len() != want || self.mask.len() != want {
             return Err(format!(
                 "token matrix [{} x {}] needs {want} ids and mask entries, has {} ids and {} mask",

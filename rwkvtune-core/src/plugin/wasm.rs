@@ -84,7 +84,12 @@ impl WasmReward {
     ) -> Self {
         WasmReward {
             sandbox,
-            guard: Guard::new(info, spec.on_error, spec.limits.max_consecutive_failures, log),
+            guard: Guard::new(
+                info,
+                spec.on_error,
+                spec.limits.max_consecutive_failures,
+                log,
+            ),
             origin: WasmOrigin::new(&loaded, Role::Reward),
         }
     }
@@ -148,7 +153,12 @@ impl WasmPostprocessor {
     ) -> Self {
         WasmPostprocessor {
             sandbox,
-            guard: Guard::new(info, spec.on_error, spec.limits.max_consecutive_failures, log),
+            guard: Guard::new(
+                info,
+                spec.on_error,
+                spec.limits.max_consecutive_failures,
+                log,
+            ),
             origin: WasmOrigin::new(&loaded, Role::Postprocess),
             tokenizer,
         }

@@ -25,28 +25,52 @@ pub struct Loss {
 /// `logits` [B, T, V] (any float dtype; computed in fp32), `labels` [B, T] pre-shifted: `labels[b][t]`
 /// is the target of position t, [`IGNORE_INDEX`] for unscored positions.
 pub fn lm_loss(logits: &Tensor, labels: &Tensor, l2wrap: bool) -> Loss {
+    let (b, t) = (logits.size()[0], logits.size()[1]);
+    let n = labels.ne(IGNORE_INDEX).sum(Kind::Int64).int64_value(&[]);
+    lm_loss_part(logits, labels, l2wrap, n, b * t)
+}
+
+/// The share of a larger batch's loss that `logits`/`labels` (a chunk of it) contribute: the
+/// cross-entropy summed over this part's labelled tokens divided by `token_denominator` (the
+/// whole batch's labelled tokens), and L2Wrap scaled by `row_denominator` (the whole batch's
+/// B·T). Summing the parts of a split batch gives exactly the loss and gradient of the whole.
+pub fn lm_loss_part(
+    logits: &Tensor,
+    labels: &Tensor,
+    l2wrap: bool,
+    token_denominator: i64,
+    row_denominator: i64,
+) -> Loss {
     let v = logits.size()[2];
     let logits32 = logits.to_kind(Kind::Float);
     let labels = labels.to_device(logits.device()).to_kind(Kind::Int64);
     let n_tokens = labels.ne(IGNORE_INDEX).sum(Kind::Int64).int64_value(&[]);
-    let ce = if n_tokens > 0 {
-        logits32
-            .view([-1, v])
-            .cross_entropy_loss::<Tensor>(&labels.view([-1]), None, Reduction::Mean, IGNORE_INDEX, 0.0)
+    let ce = if n_tokens > 0 && token_denominator > 0 {
+        logits32.view([-1, v]).cross_entropy_loss::<Tensor>(
+            &labels.view([-1]),
+            None,
+            Reduction::Sum,
+            IGNORE_INDEX,
+            0.0,
+        ) / token_denominator as f64
     } else {
         // Nothing to score: a zero that still belongs to the graph.
         logits32.sum(Kind::Float) * 0.0
     };
     let ce_value = ce.double_value(&[]);
     let objective = if l2wrap {
-        let rows = (logits.size()[0] * logits.size()[1]) as f64;
         let (max, _) = logits32.max_dim(-1, false);
-        let extra = max.square().sum(Kind::Float) * (0.5 * L2WRAP_FACTOR / rows);
+        let extra =
+            max.square().sum(Kind::Float) * (0.5 * L2WRAP_FACTOR / row_denominator.max(1) as f64);
         &ce + &extra - extra.detach()
     } else {
         ce
     };
-    Loss { objective, ce: ce_value, n_tokens }
+    Loss {
+        objective,
+        ce: ce_value,
+        n_tokens,
+    }
 }
 
 #[cfg(test)]

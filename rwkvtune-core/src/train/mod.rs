@@ -1,7 +1,19 @@
-//! Supervised training: loss, optimizer, schedule, and (in `trainer`) the loop with checkpoints.
+//! Supervised training: configuration, loss, optimizer and schedule, the loop, checkpoints.
 
+pub mod checkpoint;
+pub mod config;
 pub mod loss;
 pub mod optim;
+pub mod trainer;
 
-pub use loss::{lm_loss, Loss, IGNORE_INDEX};
-pub use optim::{clip_grad_norm, lr_at, AdamW, OptimParam};
+pub use config::{Task, TrainConfig};
+pub use loss::{lm_loss, lm_loss_part, Loss, IGNORE_INDEX};
+pub use optim::{clip_grad_norm, clip_grads, lr_at, AdamW, OptimParam};
+pub use trainer::{
+    evaluate, forward_backward, trainable_tensors, EvalResult, PretrainTrainer, SftTrainer,
+    TrainOutcome, Trainer,
+};
+
+/// The Python tool's config names for the same struct.
+pub type SftConfig = TrainConfig;
+pub type PretrainConfig = TrainConfig;

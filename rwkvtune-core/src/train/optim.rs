@@ -19,7 +19,9 @@ pub struct OptimParam {
 impl OptimParam {
     /// Applies the RWKV grouping rule to a named model tensor.
     pub fn grouped(name: &str, tensor: &Tensor, weight_decay: f64) -> Self {
-        let decays = tensor.dim() >= 2 && name.ends_with(".weight") && tensor.size().iter().filter(|&&d| d > 1).count() >= 2;
+        let decays = tensor.dim() >= 2
+            && name.ends_with(".weight")
+            && tensor.size().iter().filter(|&&d| d > 1).count() >= 2;
         OptimParam {
             name: name.to_string(),
             tensor: tensor.shallow_clone(),
@@ -55,14 +57,21 @@ impl AdamW {
         }
     }
 
-    /// One update with base learning rate `lr`; parameters without a gradient are left alone.
+    /// One update with base learning rate `lr`, reading each parameter's own `.grad()`.
     pub fn step(&mut self, lr: f64) {
+        let grads: Vec<Tensor> = self.params.iter().map(|p| p.tensor.grad()).collect();
+        self.step_with(lr, &grads);
+    }
+
+    /// One update from explicit gradients (one per parameter, in order; an undefined tensor
+    /// leaves that parameter alone). Mixed precision passes the fp32-upcast gradients of the
+    /// low-precision model here while `params` are the fp32 master weights.
+    pub fn step_with(&mut self, lr: f64, grads: &[Tensor]) {
         let _guard = tch::no_grad_guard();
         self.step += 1;
         let bc1 = 1.0 - self.beta1.powi(self.step as i32);
         let bc2_sqrt = (1.0 - self.beta2.powi(self.step as i32)).sqrt();
-        for (i, p) in self.params.iter_mut().enumerate() {
-            let g = p.tensor.grad();
+        for (i, (p, g)) in self.params.iter_mut().zip(grads).enumerate() {
             if !g.defined() {
                 continue;
             }
@@ -94,20 +103,39 @@ impl AdamW {
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(2 * self.params.len());
         for (i, p) in self.params.iter().enumerate() {
-            out.push((format!("exp_avg/{}", p.name), self.exp_avg[i].shallow_clone()));
-            out.push((format!("exp_avg_sq/{}", p.name), self.exp_avg_sq[i].shallow_clone()));
+            out.push((
+                format!("exp_avg/{}", p.name),
+                self.exp_avg[i].shallow_clone(),
+            ));
+            out.push((
+                format!("exp_avg_sq/{}", p.name),
+                self.exp_avg_sq[i].shallow_clone(),
+            ));
         }
         out
     }
 
     /// Restores moments saved by [`AdamW::state_tensors`]; every parameter must be present.
-    pub fn load_state(&mut self, mut saved: HashMap<String, Tensor>, step: i64) -> Result<(), String> {
+    pub fn load_state(
+        &mut self,
+        mut saved: HashMap<String, Tensor>,
+        step: i64,
+    ) -> Result<(), String> {
         for (i, p) in self.params.iter().enumerate() {
-            for (key, slot) in [("exp_avg", &mut self.exp_avg[i]), ("exp_avg_sq", &mut self.exp_avg_sq[i])] {
+            for (key, slot) in [
+                ("exp_avg", &mut self.exp_avg[i]),
+                ("exp_avg_sq", &mut self.exp_avg_sq[i]),
+            ] {
                 let name = format!("{key}/{}", p.name);
-                let t = saved.remove(&name).ok_or_else(|| format!("optimizer state lacks `{name}`"))?;
+                let t = saved
+                    .remove(&name)
+                    .ok_or_else(|| format!("optimizer state lacks `{name}`"))?;
                 if t.size() != slot.size() {
-                    return Err(format!("optimizer state `{name}` has shape {:?}, expected {:?}", t.size(), slot.size()));
+                    return Err(format!(
+                        "optimizer state `{name}` has shape {:?}, expected {:?}",
+                        t.size(),
+                        slot.size()
+                    ));
                 }
                 *slot = t.to_kind(Kind::Float).to_device(slot.device());
             }
@@ -117,21 +145,34 @@ impl AdamW {
     }
 }
 
-/// Global L2 norm of all gradients (accumulated in f64), then scales them so the norm is at most
-/// `max_norm` (PyTorch's `clip_grad_norm_` rule: coef = max_norm / (norm + 1e-6), capped at 1).
-/// `max_norm <= 0` only measures. Returns the norm before clipping.
+/// Global L2 norm of the parameters' gradients (accumulated in f64), then scales them so the
+/// norm is at most `max_norm`. Returns the norm before clipping.
 pub fn clip_grad_norm(params: &[OptimParam], max_norm: f64) -> f64 {
+    let grads: Vec<Tensor> = params.iter().map(|p| p.tensor.grad()).collect();
+    clip_grads(&grads, max_norm)
+}
+
+/// [`clip_grad_norm`] on explicit gradient tensors (scaled in place; undefined ones skipped),
+/// with PyTorch's `clip_grad_norm_` rule: coef = max_norm / (norm + 1e-6), capped at 1.
+/// `max_norm <= 0` only measures.
+pub fn clip_grads(grads: &[Tensor], max_norm: f64) -> f64 {
     let _guard = tch::no_grad_guard();
-    let grads: Vec<Tensor> = params.iter().map(|p| p.tensor.grad()).filter(|g| g.defined()).collect();
     let total: f64 = grads
         .iter()
-        .map(|g| g.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[]))
+        .filter(|g| g.defined())
+        .map(|g| {
+            g.to_kind(Kind::Double)
+                .square()
+                .sum(Kind::Double)
+                .double_value(&[])
+        })
         .sum::<f64>()
         .sqrt();
     if max_norm > 0.0 && total.is_finite() {
         let coef = max_norm / (total + 1e-6);
         if coef < 1.0 {
-            for mut g in grads {
+            for g in grads.iter().filter(|g| g.defined()) {
+                let mut g = g.shallow_clone();
                 g *= coef;
             }
         }
@@ -158,21 +199,48 @@ mod tests {
     #[test]
     fn first_adam_step_is_lr_times_sign() {
         let w = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).set_requires_grad(true);
-        (&w * Tensor::from_slice(&[0.5f32, -2.0, 0.0])).sum(Kind::Float).backward();
-        let mut opt = AdamW::new(vec![OptimParam { name: "w".into(), tensor: w.shallow_clone(), lr_scale: 1.0, weight_decay: 0.0 }], 0.9, 0.99, 1e-8);
+        (&w * Tensor::from_slice(&[0.5f32, -2.0, 0.0]))
+            .sum(Kind::Float)
+            .backward();
+        let mut opt = AdamW::new(
+            vec![OptimParam {
+                name: "w".into(),
+                tensor: w.shallow_clone(),
+                lr_scale: 1.0,
+                weight_decay: 0.0,
+            }],
+            0.9,
+            0.99,
+            1e-8,
+        );
         opt.step(1e-3);
         let got: Vec<f32> = Vec::try_from(w.detach()).unwrap();
-        assert!((got[0] - 0.999).abs() < 1e-6 && (got[1] - 2.001).abs() < 1e-6 && got[2] == 3.0, "{got:?}");
+        assert!(
+            (got[0] - 0.999).abs() < 1e-6 && (got[1] - 2.001).abs() < 1e-6 && got[2] == 3.0,
+            "{got:?}"
+        );
     }
 
     #[test]
     fn grouping_rule() {
         let m = Tensor::zeros([4, 4], (Kind::Float, Device::Cpu));
         let v = Tensor::zeros([1, 1, 4], (Kind::Float, Device::Cpu));
-        assert_eq!(OptimParam::grouped("blocks.0.att.key.weight", &m, 0.1).weight_decay, 0.1);
-        assert_eq!(OptimParam::grouped("blocks.0.att.w1", &m, 0.1).weight_decay, 0.0);
-        assert_eq!(OptimParam::grouped("blocks.0.ln1.weight", &v, 0.1).weight_decay, 0.0);
-        assert_eq!(OptimParam::grouped("blocks.3.att.w0", &v, 0.1).lr_scale, 2.0);
+        assert_eq!(
+            OptimParam::grouped("blocks.0.att.key.weight", &m, 0.1).weight_decay,
+            0.1
+        );
+        assert_eq!(
+            OptimParam::grouped("blocks.0.att.w1", &m, 0.1).weight_decay,
+            0.0
+        );
+        assert_eq!(
+            OptimParam::grouped("blocks.0.ln1.weight", &v, 0.1).weight_decay,
+            0.0
+        );
+        assert_eq!(
+            OptimParam::grouped("blocks.3.att.w0", &v, 0.1).lr_scale,
+            2.0
+        );
     }
 
     #[test]
@@ -188,8 +256,15 @@ mod tests {
     #[test]
     fn clipping_scales_to_max_norm() {
         let w = Tensor::zeros([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        (&w * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float).backward();
-        let p = vec![OptimParam { name: "w".into(), tensor: w.shallow_clone(), lr_scale: 1.0, weight_decay: 0.0 }];
+        (&w * Tensor::from_slice(&[3.0f32, 4.0]))
+            .sum(Kind::Float)
+            .backward();
+        let p = vec![OptimParam {
+            name: "w".into(),
+            tensor: w.shallow_clone(),
+            lr_scale: 1.0,
+            weight_decay: 0.0,
+        }];
         assert!((clip_grad_norm(&p, 1.0) - 5.0).abs() < 1e-9);
         let g: Vec<f32> = Vec::try_from(w.grad()).unwrap();
         assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6);

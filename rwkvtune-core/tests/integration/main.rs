@@ -4,5 +4,6 @@
 mod common;
 mod hub_io;
 mod init;
+mod lora;
 mod parity;
 mod train_step;

@@ -9,7 +9,11 @@ use rwkvtune_core::train::{clip_grad_norm, lm_loss, AdamW, OptimParam};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
-fn grads(model: &Rwkv7, case: &HashMap<String, Tensor>, l2wrap: bool) -> (f64, HashMap<String, Tensor>) {
+fn grads(
+    model: &Rwkv7,
+    case: &HashMap<String, Tensor>,
+    l2wrap: bool,
+) -> (f64, HashMap<String, Tensor>) {
     for (_, t) in model.named_tensors() {
         let mut t = t;
         t.zero_grad();
@@ -18,24 +22,47 @@ fn grads(model: &Rwkv7, case: &HashMap<String, Tensor>, l2wrap: bool) -> (f64, H
     let (logits, _) = model.forward(&case["input_ids"], None, None).unwrap();
     let loss = lm_loss(&logits, &case["labels"], l2wrap);
     loss.objective.backward();
-    (loss.ce, model.named_tensors().into_iter().map(|(n, t)| (n, t.grad().copy())).collect())
+    (
+        loss.ce,
+        model
+            .named_tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.grad().copy()))
+            .collect(),
+    )
 }
 
 fn norm(t: &Tensor) -> f64 {
-    t.to_kind(Kind::Double).square().sum(Kind::Double).sqrt().double_value(&[])
+    t.to_kind(Kind::Double)
+        .square()
+        .sum(Kind::Double)
+        .sqrt()
+        .double_value(&[])
 }
 
-fn check_norms(label: &str, prefix: &str, got: &HashMap<String, Tensor>, case: &HashMap<String, Tensor>) {
+fn check_norms(
+    label: &str,
+    prefix: &str,
+    got: &HashMap<String, Tensor>,
+    case: &HashMap<String, Tensor>,
+) {
     let mut n = 0;
     for (key, r) in case.iter().filter(|(k, _)| k.starts_with(prefix)) {
         let name = &key[prefix.len()..];
         let want = r.double_value(&[0]);
         // Block 0's v0/v1/v2 are stored but unused, so their reference gradient is exactly zero.
         let cand = got.get(name).map_or(0.0, norm);
-        assert!((cand - want).abs() <= 1e-7 + 1e-4 * want, "{label}: {key} = {cand:e}, reference {want:e}");
+        assert!(
+            (cand - want).abs() <= 1e-7 + 1e-4 * want,
+            "{label}: {key} = {cand:e}, reference {want:e}"
+        );
         n += 1;
     }
-    assert!(n >= got.len(), "{label}: only {n} reference norms for {} tensors", got.len());
+    assert!(
+        n >= got.len(),
+        "{label}: only {n} reference norms for {} tensors",
+        got.len()
+    );
 }
 
 #[test]
@@ -49,36 +76,53 @@ fn sft_step_matches_reference_for_both_models() {
             let _g = tch::no_grad_guard();
             let (logits, _) = model.forward(&case["input_ids"], None, None).unwrap();
             let at = logits.index_select(1, &case["logits_pos"]);
-            assert!(excess(&at, &case["logits_at_pos"], 1e-4, 1e-5) <= 0.0, "{m}: logits_at_pos");
+            assert!(
+                excess(&at, &case["logits_at_pos"], 1e-4, 1e-5) <= 0.0,
+                "{m}: logits_at_pos"
+            );
         }
 
         let (ce, g_ce) = grads(&model, &case, false);
         check_norms(m, "grad_norm_ce/", &g_ce, &case);
         let (loss, g) = grads(&model, &case, true);
         let want = case["loss"].double_value(&[0]);
-        assert!((loss - want).abs() <= 1e-5 * want, "{m}: loss {loss} vs {want}");
+        assert!(
+            (loss - want).abs() <= 1e-5 * want,
+            "{m}: loss {loss} vs {want}"
+        );
         assert_eq!(loss, ce, "L2Wrap must not change the loss value");
         check_norms(m, "grad_norm_l2wrap/", &g, &case);
         for (key, r) in case.iter().filter(|(k, _)| k.starts_with("grad_l2wrap/")) {
             let name = &key["grad_l2wrap/".len()..];
             let bound = 1e-4 * r.abs().max().double_value(&[]);
             match g.get(name) {
-                Some(t) => assert!(max_abs_diff(t, r) <= bound, "{m}: {key} off by {}", max_abs_diff(t, r)),
+                Some(t) => assert!(
+                    max_abs_diff(t, r) <= bound,
+                    "{m}: {key} off by {}",
+                    max_abs_diff(t, r)
+                ),
                 None => assert_eq!(r.abs().max().double_value(&[]), 0.0, "{m}: {key} missing"),
             }
         }
-        for (rows, ids, name) in [("grad_emb_rows", "grad_emb_ids", "emb.weight"), ("grad_head_rows", "grad_head_ids", "head.weight")] {
+        for (rows, ids, name) in [
+            ("grad_emb_rows", "grad_emb_ids", "emb.weight"),
+            ("grad_head_rows", "grad_head_ids", "head.weight"),
+        ] {
             let cand = g[name].index_select(0, &case[ids]);
             let bound = 1e-4 * case[rows].abs().max().double_value(&[]);
             assert!(max_abs_diff(&cand, &case[rows]) <= bound, "{m}: {rows}");
         }
 
         // One clipped Adam step (lr 1e-3, betas 0.9/0.99, eps 1e-8, no weight decay).
-        let params: Vec<OptimParam> =
-            model.named_tensors().iter().map(|(n, t)| OptimParam::grouped(n, t, 0.0)).map(|mut p| {
+        let params: Vec<OptimParam> = model
+            .named_tensors()
+            .iter()
+            .map(|(n, t)| OptimParam::grouped(n, t, 0.0))
+            .map(|mut p| {
                 p.lr_scale = 1.0; // the reference step uses one learning rate for all tensors
                 p
-            }).collect();
+            })
+            .collect();
         clip_grad_norm(&params, 1.0);
         let mut opt = AdamW::new(params, 0.9, 0.99, 1e-8);
         opt.step(1e-3);
@@ -86,6 +130,9 @@ fn sft_step_matches_reference_for_both_models() {
         let (logits, _) = model.forward(&case["input_ids"], None, None).unwrap();
         let after = lm_loss(&logits, &case["labels"], false).ce;
         let want = case["loss_after_step"].double_value(&[0]);
-        assert!((after - want).abs() <= 1e-4 * want, "{m}: loss after step {after} vs {want}");
+        assert!(
+            (after - want).abs() <= 1e-4 * want,
+            "{m}: loss after step {after} vs {want}"
+        );
     }
 }

@@ -1,0 +1,562 @@
+//! The supervised training loop (SFT and pre-training share it; they differ in data and defaults).
+//!
+//! Read it top to bottom: resume or start → for each epoch, for each micro-batch: forward and
+//! backward (whole sequence, or chunk by chunk in infctx mode) → every `accumulate_grad_batches`
+//! micro-batches one optimizer step (skip on non-finite values, clip, AdamW, log, maybe save) →
+//! epoch checkpoints → final export.
+
+use super::checkpoint::{self, Snapshot, TrainerState};
+use super::config::{Task, TrainConfig};
+use super::loss::{lm_loss_part, IGNORE_INDEX};
+use super::optim::{clip_grads, lr_at, AdamW, OptimParam};
+use crate::data::{Batch, Batcher, Cursor, Dataset};
+use crate::error::{Error, Result};
+use crate::hub::{parse_device, parse_kind, write_json, WeightFormat};
+use crate::metrics::{MetricsConfig, MetricsLogger, ProgressMode, StepMetrics};
+use crate::model::{Rwkv7, State};
+use crate::tokenizer::AutoTokenizer;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// fp16 loss scaling: start, growth interval and bounds of the dynamic scale.
+const FP16_INIT_SCALE: f64 = 65536.0;
+const FP16_GROWTH_INTERVAL: u64 = 2000;
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub steps: u64,
+    pub final_dir: PathBuf,
+    pub last_loss: f64,
+    pub skipped_steps: u64,
+}
+
+/// Loss of one micro-batch (after backward).
+#[derive(Debug, Clone, Copy)]
+pub struct MicroLoss {
+    /// Token-mean cross-entropy of the micro-batch.
+    pub loss: f64,
+    pub tokens: i64,
+}
+
+/// Forward and backward of one micro-batch; gradients accumulate into the model's tensors.
+/// `grad_scale` multiplies the objective (1/accumulation, times the fp16 loss scale).
+///
+/// infctx splits the sequence into `chunk_ctx` chunks carrying the recurrent state. Each chunk's
+/// loss is its share of the whole micro-batch's token-mean ([`lm_loss_part`]), so full BPTT gives
+/// exactly the gradients of normal mode, and truncated BPTT the same value with gradients cut at
+/// chunk borders.
+pub fn forward_backward(
+    model: &Rwkv7,
+    batch: &Batch,
+    cfg: &TrainConfig,
+    grad_scale: f64,
+) -> Result<MicroLoss> {
+    let dev = model.device();
+    let (b, t) = (batch.batch as i64, batch.seq_len as i64);
+    let ids = Tensor::from_slice(&batch.input_ids)
+        .view([b, t])
+        .to_device(dev);
+    let labels = Tensor::from_slice(&batch.labels)
+        .view([b, t])
+        .to_device(dev);
+    let tokens = batch.labels.iter().filter(|&&l| l != IGNORE_INDEX).count() as i64;
+    let chunk = if cfg.infctx() {
+        cfg.chunk_ctx as i64
+    } else {
+        t
+    };
+    let mut state: Option<State> = None;
+    let mut pending: Option<Tensor> = None;
+    let mut ce = 0.0;
+    let mut start = 0;
+    while start < t {
+        let len = chunk.min(t - start);
+        let (logits, s) = model.forward(&ids.narrow(1, start, len), state.as_ref(), None)?;
+        let part = lm_loss_part(
+            &logits,
+            &labels.narrow(1, start, len),
+            cfg.l2wrap,
+            tokens,
+            b * t,
+        );
+        ce += part.ce;
+        if cfg.truncated_bptt || !cfg.infctx() {
+            (part.objective * grad_scale).backward();
+            state = Some(s.detach());
+        } else {
+            pending = Some(match pending {
+                Some(p) => p + part.objective,
+                None => part.objective,
+            });
+            state = Some(s);
+        }
+        start += len;
+    }
+    if let Some(total) = pending {
+        (total * grad_scale).backward();
+    }
+    Ok(MicroLoss { loss: ce, tokens })
+}
+
+/// The tensors the optimizer updates, by name. Tensors already marked `requires_grad` (e.g. by
+/// LoRA, which freezes the base) are taken as they are; a plain model trains everything.
+pub fn trainable_tensors(model: &Rwkv7) -> Vec<(String, Tensor)> {
+    let all = model.named_tensors();
+    let marked: Vec<_> = all
+        .iter()
+        .filter(|(_, t)| t.requires_grad())
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    if !marked.is_empty() {
+        return marked;
+    }
+    all.into_iter()
+        .map(|(n, t)| {
+            let t = t.set_requires_grad(true);
+            (n, t)
+        })
+        .collect()
+}
+
+/// A configured run: validated config, model, tokenizer and data.
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub model: Rwkv7,
+    pub tokenizer: AutoTokenizer,
+    pub dataset: Dataset,
+    /// Print progress to the console (tests turn it off).
+    pub progress: bool,
+}
+
+/// trl-style names for the two uses of the same loop.
+pub type SftTrainer = Trainer;
+pub type PretrainTrainer = Trainer;
+
+impl Trainer {
+    /// Moves the model to the configured device and precision; validates the pairing.
+    pub fn new(
+        config: TrainConfig,
+        model: Rwkv7,
+        tokenizer: AutoTokenizer,
+        dataset: Dataset,
+    ) -> Result<Trainer> {
+        config.validate()?;
+        let device = parse_device(&config.device)?;
+        if device != Device::Cpu && !tch::Cuda::is_available() {
+            return Err(Error::InvalidArgument(format!(
+                "device `{}` requested but libtorch sees no CUDA device (build with --features cuda against a CUDA libtorch)",
+                config.device
+            )));
+        }
+        let kind = parse_kind(&config.precision)?;
+        let model = if model.device() != device || model.kind() != kind {
+            model.to(device, kind)?
+        } else {
+            model
+        };
+        if config.grad_cp != 0 {
+            return Err(Error::InvalidArgument(
+                "grad_cp = 1 (per-block activation checkpointing) is not available yet; set grad_cp = 0".into(),
+            ));
+        }
+        Ok(Trainer {
+            config,
+            model,
+            tokenizer,
+            dataset,
+            progress: true,
+        })
+    }
+
+    /// Runs the whole training, resuming first when `resume_from_checkpoint` is set.
+    pub fn train(&mut self) -> Result<TrainOutcome> {
+        let cfg = self.config.clone();
+        let proj = PathBuf::from(&cfg.proj_dir);
+        std::fs::create_dir_all(&proj).map_err(|e| Error::io(&proj, e))?;
+        checkpoint::clean_partials(&proj);
+        let run_config = serde_json::to_value(&cfg)
+            .map_err(|e| Error::json(proj.join("run_config.json"), e.to_string()))?;
+        write_json(&proj.join("run_config.json"), &run_config)?;
+
+        let batcher = Batcher::new(self.dataset.len(), cfg.micro_bsz, cfg.seed).map_err(|e| {
+            Error::InvalidArgument(format!("{}: {e}", self.dataset.source.display()))
+        })?;
+        let per_epoch = cfg.epoch_steps.map_or(batcher.batches_per_epoch(), |s| {
+            s.min(batcher.batches_per_epoch())
+        });
+        let steps_per_epoch = per_epoch.div_ceil(cfg.accumulate_grad_batches) as u64;
+        let total_steps = steps_per_epoch * cfg.epoch_count as u64;
+
+        // Parameters: the model's own tensors (fp32), or fp32 masters of low-precision ones.
+        let named = trainable_tensors(&self.model);
+        let mixed = self.model.kind() != Kind::Float;
+        let master: Vec<Tensor> = if mixed {
+            named
+                .iter()
+                .map(|(_, t)| t.detach().to_kind(Kind::Float).copy())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let params: Vec<OptimParam> = named
+            .iter()
+            .enumerate()
+            .map(|(i, (n, t))| {
+                OptimParam::grouped(n, if mixed { &master[i] } else { t }, cfg.weight_decay)
+            })
+            .collect();
+        let mut opt = AdamW::new(params, cfg.beta1, cfg.beta2, cfg.adam_eps);
+
+        let mut state = TrainerState {
+            name: String::new(),
+            step: 0,
+            cursor: Cursor::default(),
+            batcher: batcher.clone(),
+            data_fingerprint: self.dataset.fingerprint(),
+            consecutive_bad_steps: 0,
+            skipped_steps: 0,
+            loss_scale: if cfg.precision == "fp16" {
+                FP16_INIT_SCALE
+            } else {
+                1.0
+            },
+            has_optimizer_state: cfg.save_optimizer_state,
+            has_master_weights: mixed,
+            config: cfg.clone(),
+        };
+        let resumed = match &cfg.resume_from_checkpoint {
+            Some(spec) => Some(self.resume(spec, &proj, &named, &master, &mut opt, &mut state)?),
+            None => None,
+        };
+        let mut log = MetricsLogger::new(&MetricsConfig {
+            output_dir: proj.clone(),
+            report_to: cfg
+                .report_to
+                .parse()
+                .map_err(|e| Error::InvalidArgument(format!("report_to: {e}")))?,
+            total_steps,
+            log_every: cfg.log_every_n_steps.max(1) as u64,
+            progress: if self.progress {
+                ProgressMode::Auto
+            } else {
+                ProgressMode::Off
+            },
+            resume_step: resumed,
+        })?;
+        if let Some(step) = resumed {
+            log.event(format!(
+                "resumed at step {step} (epoch {}, batch {})",
+                state.cursor.epoch, state.cursor.position
+            ));
+        }
+
+        let mut last_loss = f64::NAN;
+        let mut good_steps_since_growth = 0u64;
+        while (state.cursor.epoch as usize) < cfg.epoch_count {
+            let epoch = state.cursor.epoch;
+            let order = batcher.epoch_order(epoch);
+            let mut micro_losses = Vec::with_capacity(cfg.accumulate_grad_batches);
+            let mut step_tokens = 0i64;
+            let mut step_examples = Vec::new();
+            while state.cursor.position < per_epoch {
+                let pos = state.cursor.position;
+                let batch = self.dataset.batch(batcher.batch_indices(&order, pos));
+                let scale = state.loss_scale / cfg.accumulate_grad_batches as f64;
+                let micro = forward_backward(&self.model, &batch, &cfg, scale)?;
+                micro_losses.push(micro.loss);
+                step_tokens += batch.input_ids.len() as i64;
+                step_examples.extend(batch.example_indices.iter().copied());
+                state.cursor.position += 1;
+                let boundary = micro_losses.len() == cfg.accumulate_grad_batches
+                    || state.cursor.position == per_epoch;
+                if !boundary {
+                    continue;
+                }
+                // ---- one optimizer step ----
+                let loss = micro_losses.iter().sum::<f64>() / micro_losses.len() as f64;
+                micro_losses.clear();
+                let grads: Vec<Tensor> = named
+                    .iter()
+                    .map(|(_, t)| {
+                        let g = t.grad();
+                        if g.defined() && (mixed || state.loss_scale != 1.0) {
+                            g.to_kind(Kind::Float) / state.loss_scale
+                        } else {
+                            g
+                        }
+                    })
+                    .collect();
+                let grad_norm = clip_grads(&grads, cfg.grad_clip);
+                let lr = lr_at(
+                    state.step as i64,
+                    total_steps as i64,
+                    cfg.warmup_steps as i64,
+                    cfg.lr_init,
+                    cfg.lr_final,
+                );
+                if !(loss.is_finite() && grad_norm.is_finite()) {
+                    self.skip_bad_step(
+                        &proj,
+                        &mut state,
+                        &mut log,
+                        loss,
+                        grad_norm,
+                        &step_examples,
+                    )?;
+                } else {
+                    opt.step_with(lr, &grads);
+                    if mixed {
+                        let _g = tch::no_grad_guard();
+                        for ((_, t), m) in named.iter().zip(&master) {
+                            t.shallow_clone().copy_(m);
+                        }
+                    }
+                    state.consecutive_bad_steps = 0;
+                    if cfg.precision == "fp16" {
+                        good_steps_since_growth += 1;
+                        if good_steps_since_growth >= FP16_GROWTH_INTERVAL {
+                            state.loss_scale *= 2.0;
+                            good_steps_since_growth = 0;
+                        }
+                    }
+                }
+                for (_, t) in &named {
+                    t.shallow_clone().zero_grad();
+                }
+                state.step += 1;
+                last_loss = loss;
+                let mut m = StepMetrics {
+                    step: state.step,
+                    epoch,
+                    loss,
+                    lr,
+                    grad_norm: Some(grad_norm),
+                    tokens: step_tokens as u64,
+                    ..Default::default()
+                };
+                if cfg.precision == "fp16" {
+                    m.extra.insert("loss_scale".into(), state.loss_scale);
+                }
+                log.log_step(&m)?;
+                step_tokens = 0;
+                step_examples.clear();
+                if cfg.save_every_n_batches > 0 && state.step % cfg.save_every_n_batches as u64 == 0
+                {
+                    if state.cursor.position == per_epoch {
+                        state.cursor = Cursor {
+                            epoch: epoch + 1,
+                            position: 0,
+                        };
+                    }
+                    state.name = format!("rwkv7-batch{}", state.step);
+                    let dir = self.save(&proj, &state, &opt, &named, &master)?;
+                    log.event(format!("saved {}", dir.display()));
+                    if state.cursor.epoch != epoch {
+                        break;
+                    }
+                }
+            }
+            state.cursor = Cursor {
+                epoch: epoch + 1,
+                position: 0,
+            };
+            let last = state.cursor.epoch as usize == cfg.epoch_count;
+            if (cfg.epoch_save > 0 && (epoch as usize + 1) % cfg.epoch_save == 0) || last {
+                state.name = format!("rwkv7-epoch{}", epoch + 1);
+                let dir = self.save(&proj, &state, &opt, &named, &master)?;
+                log.event(format!("saved {}", dir.display()));
+            }
+        }
+        let final_dir = proj.join("final");
+        let fmt = if cfg.save_format == "safetensors" {
+            WeightFormat::Safetensors
+        } else {
+            WeightFormat::Pth
+        };
+        checkpoint::write_dir_atomically(&final_dir, |d| {
+            checkpoint::write_model_dir(d, &self.model, &self.tokenizer, fmt)
+        })?;
+        log.event(format!("final model: {}", final_dir.display()));
+        log.finish()?;
+        Ok(TrainOutcome {
+            steps: state.step,
+            final_dir,
+            last_loss,
+            skipped_steps: state.skipped_steps,
+        })
+    }
+
+    fn save(
+        &self,
+        proj: &Path,
+        state: &TrainerState,
+        opt: &AdamW,
+        named: &[(String, Tensor)],
+        master: &[Tensor],
+    ) -> Result<PathBuf> {
+        let snap = Snapshot {
+            state: state.clone(),
+            model: &self.model,
+            tokenizer: &self.tokenizer,
+            optimizer: if state.has_optimizer_state {
+                opt.state_tensors()
+            } else {
+                Vec::new()
+            },
+            master: named
+                .iter()
+                .zip(master)
+                .map(|((n, _), m)| (n.clone(), m.shallow_clone()))
+                .collect(),
+        };
+        checkpoint::save(proj, &snap)
+    }
+
+    /// Restores weights, optimizer moments, step and data cursor; returns the step resumed at.
+    fn resume(
+        &mut self,
+        spec: &str,
+        proj: &Path,
+        named: &[(String, Tensor)],
+        master: &[Tensor],
+        opt: &mut AdamW,
+        state: &mut TrainerState,
+    ) -> Result<u64> {
+        let dir = checkpoint::resolve(spec, proj)?;
+        let restored = checkpoint::load(&dir)?;
+        let saved = restored.state;
+        if saved.batcher != state.batcher || saved.data_fingerprint != state.data_fingerprint {
+            return Err(Error::checkpoint(
+                &dir,
+                "the training data or micro_bsz/seed differ from the run that wrote this checkpoint; resume with the same data and settings",
+            ));
+        }
+        // Weights: the fp32 masters when present, else the checkpoint's model file.
+        let weights = match restored.master {
+            Some(m) => m,
+            None => {
+                let files = crate::hub::ModelFiles::locate(&dir)?;
+                crate::hub::read_weights(&files.weights)?
+            }
+        };
+        let by_name: std::collections::HashMap<_, _> = weights.into_iter().collect();
+        let _g = tch::no_grad_guard();
+        for (i, (name, t)) in named.iter().enumerate() {
+            let w = by_name.get(name).ok_or_else(|| {
+                Error::checkpoint(&dir, format!("checkpoint lacks tensor `{name}`"))
+            })?;
+            t.shallow_clone()
+                .copy_(&w.to_device(t.device()).to_kind(t.kind()));
+            if let Some(m) = master.get(i) {
+                m.shallow_clone()
+                    .copy_(&w.to_kind(Kind::Float).to_device(m.device()));
+            }
+        }
+        match restored.optimizer {
+            Some(o) => opt
+                .load_state(o.into_iter().collect(), saved.step as i64)
+                .map_err(|m| Error::checkpoint(&dir, m))?,
+            None => opt.step = saved.step as i64,
+        }
+        state.step = saved.step;
+        state.cursor = saved.cursor;
+        state.consecutive_bad_steps = saved.consecutive_bad_steps;
+        state.skipped_steps = saved.skipped_steps;
+        state.loss_scale = saved.loss_scale;
+        Ok(saved.step)
+    }
+
+    /// A non-finite loss or gradient: no update, the batch recorded, the run stopped when it
+    /// keeps happening.
+    fn skip_bad_step(
+        &self,
+        proj: &Path,
+        state: &mut TrainerState,
+        log: &mut MetricsLogger,
+        loss: f64,
+        grad_norm: f64,
+        examples: &[usize],
+    ) -> Result<()> {
+        state.consecutive_bad_steps += 1;
+        state.skipped_steps += 1;
+        if state.config.precision == "fp16" {
+            state.loss_scale = (state.loss_scale / 2.0).max(1.0);
+        }
+        let rec = serde_json::json!({"step": state.step + 1, "epoch": state.cursor.epoch, "loss": loss.to_string(),
+            "grad_norm": grad_norm.to_string(), "examples": examples});
+        let path = proj.join("bad_batches.jsonl");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        writeln!(f, "{rec}").map_err(|e| Error::io(&path, e))?;
+        log.event(format!(
+            "step {}: non-finite loss {loss} / grad norm {grad_norm}; skipped (examples in {})",
+            state.step + 1,
+            path.display()
+        ));
+        if state.consecutive_bad_steps > state.config.max_bad_steps {
+            return Err(Error::InvalidArgument(format!(
+                "{} consecutive steps had a non-finite loss or gradient; stopping (see {}). Lower lr_init, enable grad_clip, or use fp32/bf16",
+                state.consecutive_bad_steps,
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Token-mean loss and perplexity over the labelled tokens of a dataset.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct EvalResult {
+    pub loss: f64,
+    pub perplexity: f64,
+    pub tokens: u64,
+    pub examples: usize,
+}
+
+pub fn evaluate(model: &Rwkv7, dataset: &Dataset, micro_bsz: usize) -> Result<EvalResult> {
+    let _g = tch::no_grad_guard();
+    let batcher = Batcher::sequential(dataset.len(), micro_bsz.max(1))
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let order = batcher.epoch_order(0);
+    let (mut sum, mut tokens) = (0.0f64, 0u64);
+    for pos in 0..batcher.batches_per_epoch() {
+        let batch = dataset.batch(batcher.batch_indices(&order, pos));
+        let (b, t) = (batch.batch as i64, batch.seq_len as i64);
+        let ids = Tensor::from_slice(&batch.input_ids)
+            .view([b, t])
+            .to_device(model.device());
+        let labels = Tensor::from_slice(&batch.labels).view([b, t]);
+        let (logits, _) = model.forward(&ids, None, None)?;
+        // Sum of token losses: denominator 1.
+        let part = lm_loss_part(&logits, &labels, false, 1, b * t);
+        sum += part.ce;
+        tokens += part.n_tokens as u64;
+    }
+    if tokens == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{}: no labelled tokens to evaluate",
+            dataset.source.display()
+        )));
+    }
+    let loss = sum / tokens as f64;
+    Ok(EvalResult {
+        loss,
+        perplexity: loss.exp(),
+        tokens,
+        examples: dataset.len(),
+    })
+}
+
+impl Task {
+    pub fn data_kind(self) -> crate::data::TaskKind {
+        match self {
+            Task::Sft => crate::data::TaskKind::Sft,
+            Task::Pretrain => crate::data::TaskKind::Pretrain,
+        }
+    }
+}
