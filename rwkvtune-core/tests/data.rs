@@ -266,8 +266,8 @@ fn error_length_mismatch_names_line_and_counts() {
     let ok = r#"{"input_ids": [1, 2], "labels": [2, 3]}"#;
     let bad = format!(
         r#"{{"input_ids": [{}], "labels": [{}]}}"#,
-        vec!["1"; 13].join(","),
-        vec!["2"; 12].join(",")
+        ["1"; 13].join(","),
+        ["2"; 12].join(",")
     );
     let mut content = format!("{ok}\n").repeat(16);
     content.push_str(&bad);
@@ -392,9 +392,13 @@ fn error_utf8_json_and_empty_files() {
     assert_err(
         "{\"text\": \"a\"}\n{\"text\": \n",
         TaskKind::Pretrain,
-        "line 2: not a JSON object:",
+        "line 2: invalid JSON: EOF while parsing a value (column 9)",
     );
-    assert_err("42\n", TaskKind::Pretrain, "line 1: not a JSON object:");
+    assert_err(
+        "42\n",
+        TaskKind::Pretrain,
+        "line 1: expected a JSON object with named fields, found the number 42",
+    );
     let empty = write(dir.path(), "e.jsonl", b"\n\n");
     assert!(err_of(&empty, TaskKind::Pretrain).ends_with("the dataset is empty (no rows)"));
     let missing = dir.path().join("nope.jsonl");

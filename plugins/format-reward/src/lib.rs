@@ -18,13 +18,20 @@ struct FormatReward {
 
 impl RewardPlugin for FormatReward {
     fn new(config: &Value) -> Result<Self, String> {
-        let pattern = config.get("pattern").and_then(Value::as_str).unwrap_or(DEFAULT_PATTERN);
+        let pattern = config
+            .get("pattern")
+            .and_then(Value::as_str)
+            .unwrap_or(DEFAULT_PATTERN);
         let number = |key: &str, default: f32| match config.get(key) {
             None => Ok(default),
-            Some(v) => v.as_f64().map(|x| x as f32).ok_or(format!("config `{key}` must be a number")),
+            Some(v) => v
+                .as_f64()
+                .map(|x| x as f32)
+                .ok_or(format!("config `{key}` must be a number")),
         };
         Ok(FormatReward {
-            pattern: Regex::new(pattern).map_err(|e| format!("config `pattern` is not a valid regex: {e}"))?,
+            pattern: Regex::new(pattern)
+                .map_err(|e| format!("config `pattern` is not a valid regex: {e}"))?,
             answer_block: Regex::new(r"(?s)<answer>.*?</answer>").map_err(|e| e.to_string())?,
             reward: number("reward", 1.0)?,
             partial: number("partial", 0.0)?,
@@ -32,7 +39,11 @@ impl RewardPlugin for FormatReward {
     }
 
     fn info(&self) -> PluginInfo {
-        PluginInfo::new("format-reward", env!("CARGO_PKG_VERSION"), "regex format check on completions")
+        PluginInfo::new(
+            "format-reward",
+            env!("CARGO_PKG_VERSION"),
+            "regex format check on completions",
+        )
     }
 
     fn rewards(&mut self, batch: &RewardBatch) -> Result<Vec<Option<f32>>, String> {

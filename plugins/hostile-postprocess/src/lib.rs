@@ -11,7 +11,11 @@ struct HostilePostprocess {
 
 impl PostprocessPlugin for HostilePostprocess {
     fn new(config: &Value) -> Result<Self, String> {
-        let mode = config.get("mode").and_then(Value::as_str).unwrap_or("identity").to_string();
+        let mode = config
+            .get("mode")
+            .and_then(Value::as_str)
+            .unwrap_or("identity")
+            .to_string();
         Ok(HostilePostprocess { mode })
     }
 
@@ -23,7 +27,9 @@ impl PostprocessPlugin for HostilePostprocess {
         let mut tokens = batch.tokens.clone();
         match self.mode.as_str() {
             "identity" => Ok(PostprocessOutput::Tokens(tokens)),
-            "upper-texts" => Ok(PostprocessOutput::Texts(batch.completions.iter().map(|c| c.to_uppercase()).collect())),
+            "upper-texts" => Ok(PostprocessOutput::Texts(
+                batch.completions.iter().map(|c| c.to_uppercase()).collect(),
+            )),
             "bad-shape" => {
                 tokens.cols += 1;
                 Ok(PostprocessOutput::Tokens(tokens))

@@ -3,7 +3,7 @@
 //! inf, error, escape, stateful, print, bad-init, host-calls.
 
 use rwkvtune_wit::{
-    export_reward, info, tokenize, detokenize, PluginInfo, RewardBatch, RewardPlugin, Value,
+    detokenize, export_reward, info, tokenize, PluginInfo, RewardBatch, RewardPlugin, Value,
 };
 
 struct Hostile {
@@ -13,7 +13,11 @@ struct Hostile {
 
 impl RewardPlugin for Hostile {
     fn new(config: &Value) -> Result<Self, String> {
-        let mode = config.get("mode").and_then(Value::as_str).unwrap_or("ok").to_string();
+        let mode = config
+            .get("mode")
+            .and_then(Value::as_str)
+            .unwrap_or("ok")
+            .to_string();
         if mode == "bad-init" {
             return Err("bad-init mode: refusing to start".into());
         }
@@ -50,8 +54,12 @@ impl RewardPlugin for Hostile {
                 }
             }
             "wrong-count" => Ok(vec![Some(1.0); n.saturating_sub(1)]),
-            "nan" => Ok((0..n).map(|i| Some(if i == 1 { f32::NAN } else { 1.0 })).collect()),
-            "inf" => Ok((0..n).map(|i| Some(if i == 0 { f32::INFINITY } else { 1.0 })).collect()),
+            "nan" => Ok((0..n)
+                .map(|i| Some(if i == 1 { f32::NAN } else { 1.0 }))
+                .collect()),
+            "inf" => Ok((0..n)
+                .map(|i| Some(if i == 0 { f32::INFINITY } else { 1.0 }))
+                .collect()),
             "error" => Err("hostile plugin returns an error on purpose".into()),
             // 1.0 in slot k means escape route k worked; the host test expects all zeros.
             "escape" => {
@@ -63,7 +71,9 @@ impl RewardPlugin for Hostile {
                     std::env::args().next().is_some(),
                     std::net::TcpStream::connect("127.0.0.1:22").is_ok(),
                 ];
-                Ok((0..n).map(|i| Some(routes.get(i).copied().unwrap_or(false) as u8 as f32)).collect())
+                Ok((0..n)
+                    .map(|i| Some(routes.get(i).copied().unwrap_or(false) as u8 as f32))
+                    .collect())
             }
             "stateful" => Ok(vec![Some(self.calls as f32); n]),
             "print" => {
@@ -76,7 +86,11 @@ impl RewardPlugin for Hostile {
             "host-calls" => {
                 let ids = tokenize(&batch.completions)?;
                 let back = detokenize(&ids)?;
-                Ok(back.iter().zip(&batch.completions).map(|(b, c)| Some((b == c) as u8 as f32)).collect())
+                Ok(back
+                    .iter()
+                    .zip(&batch.completions)
+                    .map(|(b, c)| Some((b == c) as u8 as f32))
+                    .collect())
             }
             other => Err(format!("unknown mode {other:?}")),
         }

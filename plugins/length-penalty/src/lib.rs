@@ -33,7 +33,10 @@ impl RewardPlugin for LengthPenalty {
             length_weight: num("length_weight", 1.0)? as f32,
             ngram: num("ngram", 4.0)? as usize,
             repetition_weight: num("repetition_weight", 1.0)? as f32,
-            use_host_tokenizer: config.get("use_host_tokenizer").and_then(Value::as_bool).unwrap_or(false),
+            use_host_tokenizer: config
+                .get("use_host_tokenizer")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         };
         if p.max <= p.target || p.ngram == 0 {
             return Err("config needs max_tokens > target_tokens and ngram >= 1".into());
@@ -42,7 +45,11 @@ impl RewardPlugin for LengthPenalty {
     }
 
     fn info(&self) -> PluginInfo {
-        PluginInfo::new("length-penalty", env!("CARGO_PKG_VERSION"), "length and n-gram repetition penalty")
+        PluginInfo::new(
+            "length-penalty",
+            env!("CARGO_PKG_VERSION"),
+            "length and n-gram repetition penalty",
+        )
     }
 
     fn rewards(&mut self, batch: &RewardBatch) -> Result<Vec<Option<f32>>, String> {
@@ -51,7 +58,10 @@ impl RewardPlugin for LengthPenalty {
         } else {
             (0..batch.len()).map(|i| batch.tokens.real_ids(i)).collect()
         };
-        Ok(rows.iter().map(|ids| Some(self.length_term(ids.len()) + self.repetition_term(ids))).collect())
+        Ok(rows
+            .iter()
+            .map(|ids| Some(self.length_term(ids.len()) + self.repetition_term(ids)))
+            .collect())
     }
 }
 

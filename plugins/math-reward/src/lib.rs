@@ -28,7 +28,11 @@ impl RewardPlugin for MathReward {
     }
 
     fn info(&self) -> PluginInfo {
-        PluginInfo::new("math-reward", env!("CARGO_PKG_VERSION"), "final-answer exact match")
+        PluginInfo::new(
+            "math-reward",
+            env!("CARGO_PKG_VERSION"),
+            "final-answer exact match",
+        )
     }
 
     fn rewards(&mut self, batch: &RewardBatch) -> Result<Vec<Option<f32>>, String> {
@@ -98,20 +102,37 @@ fn last_number(text: &str) -> Option<String> {
     if start > 0 && bytes[start - 1] == b'-' {
         start -= 1;
     }
-    Some(text[start..end].trim_matches(|c| c == ',' || c == '.').to_string())
+    Some(
+        text[start..end]
+            .trim_matches(|c| c == ',' || c == '.')
+            .to_string(),
+    )
 }
 
 fn parse_number(s: &str) -> Option<f64> {
-    let s: String = s.trim().trim_start_matches('$').trim_end_matches('%').chars().filter(|c| *c != ',').collect();
+    let s: String = s
+        .trim()
+        .trim_start_matches('$')
+        .trim_end_matches('%')
+        .chars()
+        .filter(|c| *c != ',')
+        .collect();
     if let Some((num, den)) = s.split_once('/') {
-        let (num, den) = (num.trim().parse::<f64>().ok()?, den.trim().parse::<f64>().ok()?);
+        let (num, den) = (
+            num.trim().parse::<f64>().ok()?,
+            den.trim().parse::<f64>().ok()?,
+        );
         return (den != 0.0).then(|| num / den);
     }
     s.parse::<f64>().ok().filter(|x| x.is_finite())
 }
 
 fn normalize(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ").trim_end_matches('.').to_lowercase()
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_end_matches('.')
+        .to_lowercase()
 }
 
 export_reward!(MathReward);

@@ -23,33 +23,62 @@ impl PostprocessPlugin for StopPostprocess {
             None => vec!["</answer>".to_string()],
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| v.as_str().map(str::to_string).ok_or("config `stop` must be a list of strings"))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or("config `stop` must be a list of strings")
+                })
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err("config `stop` must be a list of strings".into()),
         };
-        let flag = |key: &str, default: bool| config.get(key).and_then(Value::as_bool).unwrap_or(default);
-        let texts_only = match config.get("output").and_then(Value::as_str).unwrap_or("tokens") {
+        let flag =
+            |key: &str, default: bool| config.get(key).and_then(Value::as_bool).unwrap_or(default);
+        let texts_only = match config
+            .get("output")
+            .and_then(Value::as_str)
+            .unwrap_or("tokens")
+        {
             "tokens" => false,
             "texts" => true,
-            other => return Err(format!("config `output` must be \"tokens\" or \"texts\", got {other:?}")),
+            other => {
+                return Err(format!(
+                    "config `output` must be \"tokens\" or \"texts\", got {other:?}"
+                ))
+            }
         };
-        Ok(StopPostprocess { stop, include_stop: flag("include_stop", true), append_eos: flag("append_eos", true), texts_only })
+        Ok(StopPostprocess {
+            stop,
+            include_stop: flag("include_stop", true),
+            append_eos: flag("append_eos", true),
+            texts_only,
+        })
     }
 
     fn info(&self) -> PluginInfo {
-        PluginInfo::new("stop-postprocess", env!("CARGO_PKG_VERSION"), "truncate at stop strings, append EOS")
+        PluginInfo::new(
+            "stop-postprocess",
+            env!("CARGO_PKG_VERSION"),
+            "truncate at stop strings, append EOS",
+        )
     }
 
     fn process(&mut self, batch: &PostprocessBatch) -> Result<PostprocessOutput, String> {
         let cuts: Vec<Option<String>> = batch.completions.iter().map(|c| self.cut(c)).collect();
         if self.texts_only {
-            let texts = cuts.into_iter().zip(&batch.completions).map(|(cut, c)| cut.unwrap_or_else(|| c.clone()));
+            let texts = cuts
+                .into_iter()
+                .zip(&batch.completions)
+                .map(|(cut, c)| cut.unwrap_or_else(|| c.clone()));
             return Ok(PostprocessOutput::Texts(texts.collect()));
         }
         // Tokenise only the rows that changed, in one host call.
         let changed: Vec<String> = cuts.iter().flatten().cloned().collect();
         let mut encoded = tokenize(&changed)?.into_iter();
-        let eos = if self.append_eos { get_tokenizer_info().eos_id } else { None };
+        let eos = if self.append_eos {
+            get_tokenizer_info().eos_id
+        } else {
+            None
+        };
         let rows: Vec<Vec<u32>> = cuts
             .iter()
             .enumerate()
@@ -62,15 +91,26 @@ impl PostprocessPlugin for StopPostprocess {
                 }
             })
             .collect();
-        Ok(PostprocessOutput::Tokens(TokenMatrix::from_rows(&rows, batch.tokens.cols)))
+        Ok(PostprocessOutput::Tokens(TokenMatrix::from_rows(
+            &rows,
+            batch.tokens.cols,
+        )))
     }
 }
 
 impl StopPostprocess {
     /// The text up to (and with `include_stop`, including) the earliest stop string, if any.
     fn cut(&self, text: &str) -> Option<String> {
-        let (pos, stop) = self.stop.iter().filter_map(|s| text.find(s.as_str()).map(|p| (p, s))).min_by_key(|(p, _)| *p)?;
-        let end = if self.include_stop { pos + stop.len() } else { pos };
+        let (pos, stop) = self
+            .stop
+            .iter()
+            .filter_map(|s| text.find(s.as_str()).map(|p| (p, s)))
+            .min_by_key(|(p, _)| *p)?;
+        let end = if self.include_stop {
+            pos + stop.len()
+        } else {
+            pos
+        };
         Some(text[..end].to_string())
     }
 }

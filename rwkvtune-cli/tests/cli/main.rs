@@ -2,6 +2,7 @@
 
 mod hub;
 mod inspect;
+mod merge;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

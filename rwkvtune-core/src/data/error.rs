@@ -93,8 +93,8 @@ pub enum DataError {
     /// A line of a JSON Lines file is not valid UTF-8.
     #[error("{at}: not valid UTF-8 (byte {offset} of the line); re-save the file as UTF-8")]
     Utf8 { at: RowRef, offset: usize },
-    /// A line of a JSON Lines file is not a JSON object.
-    #[error("{at}: not a JSON object: {message}")]
+    /// A line of a JSON Lines file (or a JSON array item) is not valid JSON or not an object.
+    #[error("{at}: {message}")]
     Json { at: RowRef, message: String },
     /// A record lacks a column that the first record (or the schema) has.
     #[error("{at}: field `{column}` is missing (present: {present})")]

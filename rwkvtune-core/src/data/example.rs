@@ -49,7 +49,7 @@ impl Builder<'_> {
     /// Builds the full-length example (no truncation: packing needs the whole sequence).
     pub fn build(&self, row: RawRow, at: &RowRef) -> Result<Example, DataError> {
         let ex = match row {
-            RawRow::Tokens { input_ids, labels } => self.from_ids(input_ids, labels, at)?,
+            RawRow::Tokens { input_ids, labels } => self.tokens(input_ids, labels, at)?,
             RawRow::Text(text) => {
                 let mut tokens = self.encode(&text, at)?;
                 self.push_eos(&mut tokens, "text", at)?;
@@ -76,7 +76,7 @@ impl Builder<'_> {
     }
 
     /// Pre-tokenized data: checked against the vocabulary; shifted here when `labels` is absent.
-    fn from_ids(
+    fn tokens(
         &self,
         input_ids: Vec<i64>,
         labels: Option<Vec<i64>>,

@@ -207,9 +207,11 @@ fn read_jsonl(
         if text.trim().is_empty() {
             continue;
         }
+        // Without the line ending, serde's column points into this line.
+        let text = text.trim_end_matches(['\n', '\r']);
         let value: Value = serde_json::from_str(text).map_err(|e| DataError::Json {
             at: at.clone(),
-            message: e.to_string(),
+            message: json_syntax(&e),
         })?;
         json_record(value, at, &mut format, sink)?;
         rows += 1;
@@ -238,7 +240,7 @@ fn read_json_array(
             path: path.to_path_buf(),
             pos: RowPos::Line(e.line()),
         },
-        message: e.to_string(),
+        message: json_syntax(&e),
     })?;
     let mut format = None;
     for (i, value) in items.into_iter().take(limit).enumerate() {
@@ -261,7 +263,7 @@ fn json_record(
     let Value::Object(mut obj) = value else {
         return Err(DataError::Json {
             message: format!(
-                "expected an object with named fields, found {}",
+                "expected a JSON object with named fields, found {}",
                 describe(&value)
             ),
             at,
@@ -391,6 +393,16 @@ fn json_messages(value: Value, column: &str, at: &RowRef) -> Result<Vec<ChatMess
         out.push(ChatMessage { role, content });
     }
     Ok(out)
+}
+
+/// serde_json's message with its position as a column: the line is already in the `RowRef` (for
+/// a JSON Lines record serde's own line number would always be 1).
+fn json_syntax(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let message = text
+        .rfind(" at line ")
+        .map_or(text.as_str(), |i| &text[..i]);
+    format!("invalid JSON: {message} (column {})", e.column())
 }
 
 /// A JSON value's type, for "found ..." in error messages.

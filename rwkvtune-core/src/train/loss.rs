@@ -46,8 +46,8 @@ pub fn lm_loss_part(
     let labels = labels.to_device(logits.device()).to_kind(Kind::Int64);
     let n_tokens = labels.ne(IGNORE_INDEX).sum(Kind::Int64).int64_value(&[]);
     let ce = if n_tokens > 0 && token_denominator > 0 {
-        logits32.view([-1, v]).cross_entropy_loss::<Tensor>(
-            &labels.view([-1]),
+        logits32.reshape([-1, v]).cross_entropy_loss::<Tensor>(
+            &labels.reshape([-1]),
             None,
             Reduction::Sum,
             IGNORE_INDEX,

@@ -380,3 +380,40 @@ fn bad_adapters_are_refused_without_touching_the_model() {
         .to_string();
     assert!(err.contains("matches no linear layer"), "{err}");
 }
+
+#[test]
+fn zz_probe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = reference_adapter_dir(&tmp.path().join("a"));
+    let ids = test_ids();
+    let mut m = base("u3x96h32");
+    lora::load_adapter(&mut m, &dir).unwrap();
+    let live = logits(&m, &ids);
+    let mut o =
+        AutoModel::from_pretrained(&model_dir("u3x96h32"), Device::Cpu, Kind::Double).unwrap();
+    lora::load_adapter(&mut o, &dir).unwrap();
+    let oracle = logits(&o, &ids).to_kind(Kind::Double);
+    let oracle = {
+        let _g = tch::no_grad_guard();
+        o.forward(&ids, None, None).unwrap().0
+    };
+    lora::merge_adapters(&mut m);
+    let merged = logits(&m, &ids);
+    eprintln!(
+        "max|logit| {} live-oracle {} merged-oracle {} merged-live {}",
+        live.abs().max().double_value(&[]),
+        max_abs_diff(&live, &oracle),
+        max_abs_diff(&merged, &oracle),
+        max_abs_diff(&merged, &live)
+    );
+    let plain = base("u3x96h32");
+    let p = logits(&plain, &ids);
+    let mut po =
+        AutoModel::from_pretrained(&model_dir("u3x96h32"), Device::Cpu, Kind::Double).unwrap();
+    let pod = {
+        let _g = tch::no_grad_guard();
+        po.forward(&ids, None, None).unwrap().0
+    };
+    let _ = &mut po;
+    eprintln!("plain fp32 vs fp64 {}", max_abs_diff(&p, &pod));
+}

@@ -7,3 +7,4 @@ mod init;
 mod lora;
 mod parity;
 mod train_step;
+mod trainer;
