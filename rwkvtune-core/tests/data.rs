@@ -377,15 +377,16 @@ fn error_nothing_to_train_after_truncation() {
 #[test]
 fn error_utf8_json_and_empty_files() {
     let dir = tempfile::tempdir().unwrap();
+    // A byte-order mark on line 1 is accepted; a stray 0xff byte on line 2 is not.
     let path = write(
         dir.path(),
         "u.jsonl",
-        b"{\"text\": \"ok\"}\n{\"text\": \"\xff\"}\n",
+        b"\xEF\xBB\xBF{\"text\": \"ok\"}\n{\"text\": \"\xff\"}\n",
     );
     assert_eq!(
         err_of(&path, TaskKind::Pretrain),
         format!(
-            "{} line 2: not valid UTF-8 (byte 10 of the line); re-save the file as UTF-8",
+            "{} line 2: not valid UTF-8 (at byte offset 10 of the line); re-save the file as UTF-8",
             path.display()
         )
     );

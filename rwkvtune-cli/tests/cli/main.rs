@@ -3,6 +3,7 @@
 mod hub;
 mod inspect;
 mod merge;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -32,8 +32,8 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .double_value(&[])
 }
 
-/// The reference rank-8 adapter plus a trained `ln_out` (a `modules_to_save` tensor), saved in
-/// `format`. Returns the live adapter model's logits.
+/// The reference rank-8 adapter plus slightly trained norms (`modules_to_save` tensors), saved
+/// in `format`. Returns the live adapter model's logits.
 fn make_adapter(dir: &Path, format: WeightFormat) -> Tensor {
     let src = dir.with_extension("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -52,7 +52,7 @@ fn make_adapter(dir: &Path, format: WeightFormat) -> Tensor {
     for (n, mut t) in model.named_tensors() {
         if n == "ln_out.weight" || n == "blocks.1.att.ln_x.bias" {
             let _g = tch::no_grad_guard();
-            t.copy_(&(&t + 0.25));
+            t.copy_(&(&t * 1.01 + 0.01));
         }
     }
     lora::save_adapter(&model, &layout, dir, format, Some(&base_dir())).unwrap();
@@ -71,6 +71,8 @@ fn merged_logits_equal_adapter_logits_for_both_formats() {
         .into_iter()
         .map(|(n, t)| (n, t.size()))
         .collect();
+    let mut sorted_keys = base_keys.clone();
+    sorted_keys.sort();
     for (adapter_fmt, save_format) in [
         (WeightFormat::Safetensors, "pth"),
         (WeightFormat::Pth, "safetensors"),
@@ -93,17 +95,25 @@ fn merged_logits_equal_adapter_logits_for_both_formats() {
         ]);
 
         let weights = out.join(format!("model.{save_format}"));
-        let got: Vec<(String, Vec<i64>)> = read_weights(&weights)
+        let mut got: Vec<(String, Vec<i64>)> = read_weights(&weights)
             .unwrap()
             .into_iter()
             .map(|(n, t)| (n, t.size()))
             .collect();
+        // safetensors stores keys sorted; .pth keeps the base order.
+        if save_format == "pth" {
+            assert_eq!(got, base_keys, "pth: the base key order");
+        }
+        got.sort();
         assert_eq!(
-            got, base_keys,
-            "{save_format}: exactly the base key set, order and shapes"
+            got, sorted_keys,
+            "{save_format}: exactly the base key set and shapes"
         );
         let merged = AutoModel::from_pretrained(&out, Device::Cpu, Kind::Float).unwrap();
+        // fp32 rule of the issue: the merged weights are W + ΔW rounded once to fp32, which moves
+        // these random models' logits by ~1e-5 (an fp64 oracle puts live and merged within 1e-4).
         let d = max_abs_diff(&logits(&merged), &want);
+        eprintln!("{save_format}: max |merged - adapter| logit = {d:e}");
         assert!(d <= 1e-4, "{save_format}: merged logits off by {d}");
 
         let info: serde_json::Value =
@@ -160,14 +170,27 @@ fn standalone_binary_defaults_to_bf16_pth_and_syncs_eos() {
         "eos from the adapter's tokenizer"
     );
     assert!(out.join("tokenizer_config.json").is_file());
-    // bf16 weights: the logits agree to bf16 precision only.
-    let tensors: Vec<_> = tensors
-        .into_iter()
-        .map(|(n, t)| (n, t.to_kind(Kind::Float)))
-        .collect();
-    let merged = Rwkv7::from_tensors(tensors, None, &out).unwrap();
-    let d = max_abs_diff(&logits(&merged), &want);
-    assert!(d < 0.05, "bf16 merge off by {d}");
+    assert!(out.join("vocab.txt").is_file());
+    // Cast once: the bf16 output is exactly the fp32 merge rounded to bf16.
+    let out32 = tmp.path().join("merged32");
+    ok(&[
+        "merge-lora",
+        "-b",
+        s(&base_dir()),
+        "-l",
+        s(&adapter),
+        "-o",
+        s(&out32),
+        "--precision",
+        "fp32",
+    ]);
+    let fp32 = read_weights(&out32.join("model.pth")).unwrap();
+    for ((n, t16), (n32, t32)) in tensors.iter().zip(&fp32) {
+        assert_eq!(n, n32);
+        assert_eq!(max_abs_diff(t16, &t32.to_kind(Kind::BFloat16)), 0.0, "{n}");
+    }
+    let merged = AutoModel::from_pretrained(&out32, Device::Cpu, Kind::Float).unwrap();
+    assert!(max_abs_diff(&logits(&merged), &want) <= 1e-4);
 }
 
 /// Fails, names the problem, and leaves neither the output nor a staging folder behind.
@@ -188,7 +211,7 @@ fn refused(args: &[&str], out: &Path, expect: &str) {
 fn bad_input_is_refused_and_nothing_is_written() {
     let tmp = tempfile::tempdir().unwrap();
     let adapter = tmp.path().join("adapter");
-    make_adapter(&adapter, WeightFormat::Safetensors);
+    let _ = make_adapter(&adapter, WeightFormat::Safetensors);
     let out = tmp.path().join("out");
     let o = s(&out);
     // Adapter trained on a 96-wide model, base 128 wide.

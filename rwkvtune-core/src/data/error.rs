@@ -91,7 +91,9 @@ pub enum DataError {
 
     // ---- rows ----------------------------------------------------------------------------------
     /// A line of a JSON Lines file is not valid UTF-8.
-    #[error("{at}: not valid UTF-8 (byte {offset} of the line); re-save the file as UTF-8")]
+    #[error(
+        "{at}: not valid UTF-8 (at byte offset {offset} of the line); re-save the file as UTF-8"
+    )]
     Utf8 { at: RowRef, offset: usize },
     /// A line of a JSON Lines file (or a JSON array item) is not valid JSON or not an object.
     #[error("{at}: {message}")]

@@ -199,7 +199,12 @@ fn read_jsonl(
             path: path.to_path_buf(),
             pos: RowPos::Line(line_no),
         };
-        let text = std::str::from_utf8(&line).map_err(|e| DataError::Utf8 {
+        // Editors on Windows may start the file with a byte-order mark; serde_json rejects it.
+        let bytes = match line_no {
+            1 => line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&line),
+            _ => &line,
+        };
+        let text = std::str::from_utf8(bytes).map_err(|e| DataError::Utf8 {
             at: at.clone(),
             offset: e.valid_up_to(),
         })?;

@@ -1,0 +1,257 @@
+//! `sft`, `pretrain` and `eval` as processes: a real SIGKILL and resume, and learning that shows.
+
+use crate::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Pre-tokenized rows for the 1000-token reference model.
+fn write_rows(path: &Path, n: usize, len: usize) {
+    let mut x: u64 = 12345;
+    let mut text = String::new();
+    for _ in 0..n {
+        let mut next = || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % 999 + 1
+        };
+        let ids: Vec<u64> = (0..len).map(|_| next()).collect();
+        let labels: Vec<i64> = (0..len)
+            .map(|t| {
+                if t < 2 {
+                    -100
+                } else {
+                    (ids[t] as i64 * 3) % 1000
+                }
+            })
+            .collect();
+        text += &serde_json::json!({"input_ids": ids, "labels": labels}).to_string();
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn sft_args(data: &Path, out: &Path) -> Vec<String> {
+    let model = reference().join("models/u3x96h32");
+    [
+        "--threads",
+        "1",
+        "sft",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--ctx-len",
+        "32",
+        "--micro-bsz",
+        "2",
+        "--epoch-count",
+        "2",
+        "--lr-init",
+        "1e-3",
+        "--lr-final",
+        "1e-4",
+        "--warmup-steps",
+        "3",
+        "--set",
+        "save_every_n_batches=3",
+        "--set",
+        "save_total_limit=3",
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn kill_dash_nine_then_resume_gives_bit_identical_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rows.jsonl");
+    write_rows(&data, 60, 24); // 30 steps per epoch, 60 in all
+    let a = tmp.path().join("a");
+    let out = Command::new(env!("CARGO_BIN_EXE_rwkvtune"))
+        .args(sft_args(&data, &a))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let b = tmp.path().join("b");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rwkvtune"))
+        .args(sft_args(&data, &b))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !b.join("rwkv7-batch3").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL: no cleanup, no flush
+    child.wait().unwrap();
+    assert!(
+        !b.join("final").exists(),
+        "the run finished before it was killed; the test proves nothing"
+    );
+
+    let mut resume = sft_args(&data, &b);
+    resume.extend(["--resume".to_string(), "latest".to_string()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_rwkvtune"))
+        .args(&resume)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wa = std::fs::read(a.join("final/model.pth")).unwrap();
+    let wb = std::fs::read(b.join("final/model.pth")).unwrap();
+    assert!(
+        wa == wb,
+        "weights after kill -9 + resume differ from the uninterrupted run"
+    );
+    // The interrupted run's log has every step once.
+    let lines = std::fs::read_to_string(b.join("loss_data.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 60);
+}
+
+#[test]
+fn sft_on_the_bundled_instructions_lowers_held_out_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    ok(&[
+        "create-hub",
+        "--output-dir",
+        model.to_str().unwrap(),
+        "--config-name",
+        "rwkv7-demo",
+        "--save-format",
+        "safetensors",
+    ]);
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/data");
+    let eval = |m: &Path| -> f64 {
+        let out = ok(&[
+            "eval",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            data.join("sft_eval.jsonl").to_str().unwrap(),
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(v["perplexity"].as_f64().unwrap() > 1.0 && v["tokens"].as_u64().unwrap() > 0);
+        v["loss"].as_f64().unwrap()
+    };
+    let before = eval(&model);
+    let out_dir = tmp.path().join("sft");
+    ok(&[
+        "sft",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.join("sft_train.jsonl").to_str().unwrap(),
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+        "--ctx-len",
+        "64",
+        "--micro-bsz",
+        "4",
+        "--epoch-count",
+        "1",
+        "--epoch-steps",
+        "20",
+        "--lr-init",
+        "3e-3",
+        "--lr-final",
+        "3e-4",
+        "--warmup-steps",
+        "3",
+        "--quiet",
+        "--set",
+        "report_to=tensorboard",
+    ]);
+    let after = eval(&out_dir.join("final"));
+    assert!(
+        after < before - 3.0,
+        "held-out loss {before:.3} -> {after:.3}"
+    );
+    for f in [
+        "loss_data.jsonl",
+        "loss_curve.png",
+        "run_config.json",
+        "rwkv7-epoch1/trainer_state/state.json",
+    ] {
+        assert!(out_dir.join(f).exists(), "{f} missing");
+    }
+    assert!(std::fs::read_dir(out_dir.join("tensorboard"))
+        .unwrap()
+        .next()
+        .is_some());
+    // run_config.json reproduces the run's settings as a --config input.
+    let cfg = out_dir.join("run_config.json");
+    let err = fails(&[
+        "sft",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        "/no/data.jsonl",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(err.contains("/no/data.jsonl"), "{err}");
+}
+
+#[test]
+fn training_refuses_bad_data_and_bad_config_before_starting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = reference().join("models/u3x96h32");
+    let data = tmp.path().join("bad.jsonl");
+    std::fs::write(&data, "{\"input_ids\": [1, 2, 3], \"labels\": [2, 3, 4]}\n{\"input_ids\": [1, 2], \"labels\": [2]}\n").unwrap();
+    let out = tmp.path().join("o");
+    let err = fails(&[
+        "sft",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(err.contains("bad.jsonl") && err.contains("line 2"), "{err}");
+    assert!(!out.exists(), "nothing may be written for a refused run");
+    std::fs::write(
+        &data,
+        "{\"input_ids\": [1, 2, 3], \"labels\": [2, 3, 4000]}\n",
+    )
+    .unwrap();
+    let err = fails(&[
+        "sft",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(err.contains("4000"), "{err}");
+    let err = fails(&[
+        "sft",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--set",
+        "lr_intt=3",
+    ]);
+    assert!(err.contains("lr_intt"), "{err}");
+}
