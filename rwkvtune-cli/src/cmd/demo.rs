@@ -1,60 +1,145 @@
-//! The built-in demo: everything runs on embedded defaults, no files needed.
+//! The built-in demo: everything runs on embedded defaults (a small model shape and the bundled
+//! example data compiled into the binary), no files needed.
+//!
+//! fresh model → pre-training from scratch (loss vs. the corpus's unigram entropy) → SFT on
+//! instructions (held-out loss before/after) → generation with the result, with timings.
 
 use anyhow::{Context, Result};
 use clap::Args;
+use rwkvtune_core::data::{load_dataset, DataOptions, Dataset};
 use rwkvtune_core::generate::{generate, GenerateOptions, SamplingParams};
 use rwkvtune_core::hub::{create_hub, AutoModel, CreateHubOptions};
+use rwkvtune_core::model::Rwkv7;
 use rwkvtune_core::tokenizer::AutoTokenizer;
+use rwkvtune_core::train::{evaluate, Task, TrainConfig, Trainer};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind};
 
+const PRETRAIN_TRAIN: &str = include_str!("../../../examples/data/pretrain_train.jsonl");
+const PRETRAIN_EVAL: &str = include_str!("../../../examples/data/pretrain_eval.jsonl");
+const SFT_TRAIN: &str = include_str!("../../../examples/data/sft_train.jsonl");
+const SFT_EVAL: &str = include_str!("../../../examples/data/sft_eval.jsonl");
+
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Where the demo writes its model directory.
+    /// Where the demo writes its models, logs and data.
     #[arg(long, default_value = "runs/demo")]
     pub output_dir: PathBuf,
-    #[arg(long, default_value = "User: What is RWKV?\n\nAssistant:")]
+    /// Optimizer steps of pre-training from scratch.
+    #[arg(long, default_value_t = 80)]
+    pub pretrain_steps: usize,
+    /// Optimizer steps of SFT.
+    #[arg(long, default_value_t = 60)]
+    pub sft_steps: usize,
+    #[arg(long, default_value = "User: What is the capital of Peru?\n\nAssistant:")]
     pub prompt: String,
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = 24)]
     pub max_new_tokens: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 }
 
+fn data(path: &Path, task: Task, tok: &AutoTokenizer, model: &Rwkv7, ctx: usize, packing: bool) -> Result<Dataset> {
+    let opts = DataOptions { ctx_len: ctx, packing, ..DataOptions::default() };
+    Ok(load_dataset(path, task.data_kind(), tok, model.dims.vocab_size, &opts)?)
+}
+
+/// Entropy (nats) of the corpus's unigram token distribution: the loss of the best model that
+/// ignores context.
+fn unigram_entropy(ds: &Dataset) -> f64 {
+    let mut counts = std::collections::HashMap::new();
+    let mut n = 0.0;
+    for ex in &ds.examples {
+        for &l in ex.labels.iter().filter(|&&l| l >= 0) {
+            *counts.entry(l).or_insert(0.0) += 1.0;
+            n += 1.0;
+        }
+    }
+    counts.values().map(|c: &f64| -(c / n) * (c / n).ln()).sum()
+}
+
+fn train(cfg: TrainConfig, model: Rwkv7, tok: &AutoTokenizer, ds: Dataset) -> Result<PathBuf> {
+    let mut t = Trainer::new(cfg, model, tok.clone(), ds)?;
+    t.progress = true;
+    Ok(t.train()?.final_dir)
+}
+
 pub fn run(a: DemoArgs) -> Result<()> {
-    let model_dir = a.output_dir.join("model");
+    let out = &a.output_dir;
+    let data_dir = out.join("data");
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    for (name, text) in [("pretrain_train.jsonl", PRETRAIN_TRAIN), ("pretrain_eval.jsonl", PRETRAIN_EVAL), ("sft_train.jsonl", SFT_TRAIN), ("sft_eval.jsonl", SFT_EVAL)] {
+        std::fs::write(data_dir.join(name), text).with_context(|| format!("writing {name}"))?;
+    }
+
+    // 1. A fresh model from the built-in small shape.
     let t = Instant::now();
-    let mut opts = CreateHubOptions::new(&model_dir);
+    let fresh = out.join("fresh");
+    let mut opts = CreateHubOptions::new(&fresh);
     opts.config_name = Some("rwkv7-demo".into());
     opts.overwrite = true;
     opts.seed = a.seed as i64;
+    opts.save_format = rwkvtune_core::hub::WeightFormat::Safetensors;
     let hub = create_hub(&opts).context("creating the demo model")?;
     println!(
-        "[1/2] created a fresh {}-layer RWKV-7 (n_embd {}, {:.1} M parameters) in {} ({:.2}s)",
-        hub.config.n_layer,
-        hub.config.n_embd,
-        hub.parameters as f64 / 1e6,
-        model_dir.display(),
-        t.elapsed().as_secs_f64()
+        "[1/4] fresh RWKV-7: {} layers, n_embd {}, vocab {}, {:.1} M parameters ({:.1}s)",
+        hub.config.n_layer, hub.config.n_embd, hub.config.vocab_size, hub.parameters as f64 / 1e6, t.elapsed().as_secs_f64()
+    );
+    let tok = AutoTokenizer::from_pretrained(&fresh)?;
+
+    // 2. Pre-training from scratch on the bundled corpus.
+    let t = Instant::now();
+    let model = AutoModel::from_pretrained(&fresh, Device::Cpu, Kind::Float)?;
+    let train_ds = data(&data_dir.join("pretrain_train.jsonl"), Task::Pretrain, &tok, &model, 128, true)?;
+    let eval_ds = data(&data_dir.join("pretrain_eval.jsonl"), Task::Pretrain, &tok, &model, 128, true)?;
+    let before = evaluate(&model, &eval_ds, 8)?;
+    let mut cfg = TrainConfig::pretrain();
+    cfg.proj_dir = out.join("pretrain").display().to_string();
+    (cfg.ctx_len, cfg.micro_bsz, cfg.epoch_count, cfg.epoch_steps) = (128, 4, 1, Some(a.pretrain_steps));
+    (cfg.lr_init, cfg.lr_final, cfg.warmup_steps, cfg.packing, cfg.seed) = (3e-3, 3e-4, 8, true, a.seed);
+    cfg.save_format = "safetensors".into();
+    let entropy = unigram_entropy(&train_ds);
+    println!("[2/4] pre-training from scratch: {} windows of 128 tokens, {} steps", train_ds.len(), a.pretrain_steps);
+    let pretrained = train(cfg, model, &tok, train_ds)?;
+    let after = evaluate(&AutoModel::from_pretrained(&pretrained, Device::Cpu, Kind::Float)?, &eval_ds, 8)?;
+    println!(
+        "      held-out loss {:.3} -> {:.3} nats/token (unigram entropy of the corpus: {:.3}) in {:.1}s",
+        before.loss, after.loss, entropy, t.elapsed().as_secs_f64()
     );
 
-    let model = AutoModel::from_pretrained(&model_dir, Device::Cpu, Kind::Float)?;
-    let tok = AutoTokenizer::from_pretrained(&model_dir)?;
+    // 3. SFT of the pre-trained model on instructions.
+    let t = Instant::now();
+    let model = AutoModel::from_pretrained(&pretrained, Device::Cpu, Kind::Float)?;
+    let sft_ds = data(&data_dir.join("sft_train.jsonl"), Task::Sft, &tok, &model, 64, false)?;
+    let sft_eval = data(&data_dir.join("sft_eval.jsonl"), Task::Sft, &tok, &model, 64, false)?;
+    let before = evaluate(&model, &sft_eval, 8)?;
+    let mut cfg = TrainConfig::sft();
+    cfg.proj_dir = out.join("sft").display().to_string();
+    (cfg.ctx_len, cfg.micro_bsz, cfg.epoch_count, cfg.epoch_steps) = (64, 8, 2, Some(a.sft_steps.div_ceil(2)));
+    (cfg.lr_init, cfg.lr_final, cfg.warmup_steps, cfg.seed) = (2e-3, 2e-4, 5, a.seed);
+    cfg.save_format = "safetensors".into();
+    println!("[3/4] SFT on {} instructions, {} steps", sft_ds.len(), a.sft_steps);
+    let tuned = train(cfg, model, &tok, sft_ds)?;
+    let model = AutoModel::from_pretrained(&tuned, Device::Cpu, Kind::Float)?;
+    let after = evaluate(&model, &sft_eval, 8)?;
+    println!(
+        "      held-out SFT loss {:.3} -> {:.3} (perplexity {:.1} -> {:.1}) in {:.1}s",
+        before.loss, after.loss, before.perplexity, after.perplexity, t.elapsed().as_secs_f64()
+    );
+
+    // 4. Generation with the tuned model.
     let prompt = tok.encode(&a.prompt)?;
-    let opts = GenerateOptions {
-        sampling: SamplingParams {
-            seed: a.seed,
-            ..SamplingParams::default()
-        },
+    let gen = GenerateOptions {
+        sampling: SamplingParams { temperature: 0.0, seed: a.seed, ..SamplingParams::default() },
         max_new_tokens: a.max_new_tokens,
         eos_ids: tok.eos_token_id.into_iter().collect(),
         stop: vec![],
     };
-    println!("[2/2] generating (untrained weights, so expect noise):\n---");
+    println!("[4/4] greedy generation with {}:\n---", tuned.display());
     print!("{}", a.prompt);
-    let g = generate(&model, &tok, &prompt, &opts, &mut |p| {
+    let g = generate(&model, &tok, &prompt, &gen, &mut |p| {
         print!("{p}");
         let _ = std::io::stdout().flush();
     })?;

@@ -60,6 +60,17 @@ pub struct TrainArgs {
     /// instead of its weights.
     #[arg(long)]
     pub from_scratch: bool,
+    /// Train LoRA adapters instead of all weights (settings: --lora-r, --lora-alpha, or the
+    /// `[lora]` table / `--set lora.FIELD=...`).
+    #[arg(long)]
+    pub lora: bool,
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// lora_only, full or both.
+    #[arg(long)]
+    pub lora_save_mode: Option<String>,
     /// No progress bar (plain lines only).
     #[arg(long)]
     pub quiet: bool,
@@ -86,6 +97,11 @@ impl TrainArgs {
         put("chunk_ctx", self.chunk_ctx.map(|v| v.to_string()));
         put("device", self.device.clone());
         put("seed", self.seed.map(|v| v.to_string()));
+        put("use_lora", self.lora.then(|| "true".to_string()));
+        put("lora.r", self.lora_r.map(|v| v.to_string()));
+        put("lora.lora_alpha", self.lora_alpha.map(|v| v.to_string()));
+        put("lora_save_mode", self.lora_save_mode.clone());
+        put("base_model", Some(serde_json::to_string(&self.model.display().to_string()).unwrap_or_default()));
         put(
             "proj_dir",
             self.output_dir
@@ -172,10 +188,13 @@ pub struct EvalArgs {
 pub fn run_eval(a: EvalArgs) -> Result<()> {
     let model = AutoModel::from_pretrained(&a.model, parse_device(&a.device)?, Kind::Float)
         .with_context(|| format!("loading model {}", a.model.display()))?;
-    if a.lora.is_some() {
-        bail!("--lora: evaluating with an adapter needs the LoRA support of issue 4");
+    let mut model = model;
+    if let Some(adapter) = &a.lora {
+        rwkvtune_core::lora::load_adapter(&mut model, adapter).with_context(|| format!("loading adapter {}", adapter.display()))?;
     }
-    let tok = AutoTokenizer::from_pretrained(&a.model)?;
+    // An adapter directory written by training carries the tokenizer it was trained with.
+    let tok_dir = a.lora.as_deref().filter(|d| d.join("tokenizer_config.json").is_file()).unwrap_or(&a.model);
+    let tok = AutoTokenizer::from_pretrained(tok_dir)?;
     let task = if a.task == "pretrain" {
         Task::Pretrain
     } else {

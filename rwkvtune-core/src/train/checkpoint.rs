@@ -1,6 +1,6 @@
-//! Checkpoints: a loadable hub directory (config.json, weights, tokenizer files) plus
-//! `trainer_state/` (optimizer moments, fp32 master weights when training in bf16/fp16, step,
-//! data cursor, config) — everything an exact resume needs.
+//! Checkpoints: a loadable hub directory (config.json, weights, tokenizer files; with LoRA the
+//! adapter files, a merged model, or both) plus `trainer_state/` (the trained tensors in fp32,
+//! optimizer moments, step, data cursor, config) — everything an exact resume needs.
 //!
 //! A checkpoint is assembled in a hidden `.<name>.partial-<pid>` directory and renamed into place,
 //! so a crash (even `kill -9`) leaves either the whole checkpoint or none. Rotation scans the
@@ -10,6 +10,7 @@ use super::config::TrainConfig;
 use crate::data::{Batcher, Cursor};
 use crate::error::{Error, Result};
 use crate::hub::{read_weights, write_json, write_weights, WeightFormat};
+use crate::lora::{merged_tensors, save_adapter, LoraLayout};
 use crate::model::Rwkv7;
 use crate::tokenizer::AutoTokenizer;
 use serde::{Deserialize, Serialize};
@@ -19,7 +20,7 @@ use tch::Tensor;
 pub const STATE_DIR: &str = "trainer_state";
 const STATE_FILE: &str = "state.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-const MASTER_FILE: &str = "master.safetensors";
+const TRAINABLE_FILE: &str = "trainable.safetensors";
 
 /// `trainer_state/state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,7 +38,6 @@ pub struct TrainerState {
     /// fp16 dynamic loss scale.
     pub loss_scale: f64,
     pub has_optimizer_state: bool,
-    pub has_master_weights: bool,
     pub config: TrainConfig,
 }
 
@@ -48,8 +48,11 @@ pub struct Snapshot<'a> {
     pub tokenizer: &'a AutoTokenizer,
     /// `exp_avg/<name>`, `exp_avg_sq/<name>`.
     pub optimizer: Vec<(String, Tensor)>,
-    /// fp32 master copies (mixed precision only).
-    pub master: Vec<(String, Tensor)>,
+    /// The trained tensors by name, in fp32 (the masters under mixed precision): what a resume
+    /// restores, whatever the hub files hold.
+    pub trainable: Vec<(String, Tensor)>,
+    /// With LoRA: the adapter layout, `lora_save_mode` and the base model path.
+    pub lora: Option<&'a LoraLayout>,
 }
 
 fn format_of(cfg: &TrainConfig) -> WeightFormat {
@@ -60,20 +63,30 @@ fn format_of(cfg: &TrainConfig) -> WeightFormat {
     }
 }
 
-/// Writes a loadable hub directory (model + tokenizer) into `dir`.
+/// Writes what a user loads into `dir`: a hub directory (model + tokenizer) or, with LoRA, the
+/// adapter files and/or the merged model, as `cfg.lora_save_mode` says.
 pub fn write_model_dir(
     dir: &Path,
     model: &Rwkv7,
     tokenizer: &AutoTokenizer,
-    format: WeightFormat,
+    cfg: &TrainConfig,
+    lora: Option<&LoraLayout>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    write_weights(
-        &dir.join(format.file_name()),
-        &model.named_tensors(),
-        format,
-    )?;
-    write_json(&dir.join("config.json"), &model.config.to_json())?;
+    let format = format_of(cfg);
+    let (adapter, full) = match (lora, cfg.lora_save_mode.as_str()) {
+        (None, _) | (Some(_), "full") => (false, true),
+        (Some(_), "both") => (true, true),
+        (Some(_), _) => (true, false),
+    };
+    if full {
+        let tensors = if lora.is_some() { merged_tensors(model, None) } else { model.named_tensors() };
+        write_weights(&dir.join(format.file_name()), &tensors, format)?;
+        write_json(&dir.join("config.json"), &model.config.to_json())?;
+    }
+    if let (true, Some(layout)) = (adapter, lora) {
+        save_adapter(model, layout, dir, format, cfg.base_model.as_deref().map(Path::new))?;
+    }
     tokenizer.save_pretrained(dir)?;
     Ok(())
 }
@@ -107,23 +120,13 @@ pub fn save(proj_dir: &Path, snap: &Snapshot) -> Result<PathBuf> {
     let dir = proj_dir.join(&snap.state.name);
     let cfg = &snap.state.config;
     write_dir_atomically(&dir, |stage| {
-        write_model_dir(stage, snap.model, snap.tokenizer, format_of(cfg))?;
+        write_model_dir(stage, snap.model, snap.tokenizer, cfg, snap.lora)?;
         let sd = stage.join(STATE_DIR);
         std::fs::create_dir_all(&sd).map_err(|e| Error::io(&sd, e))?;
         if snap.state.has_optimizer_state {
-            write_weights(
-                &sd.join(OPTIMIZER_FILE),
-                &snap.optimizer,
-                WeightFormat::Safetensors,
-            )?;
+            write_weights(&sd.join(OPTIMIZER_FILE), &snap.optimizer, WeightFormat::Safetensors)?;
         }
-        if snap.state.has_master_weights {
-            write_weights(
-                &sd.join(MASTER_FILE),
-                &snap.master,
-                WeightFormat::Safetensors,
-            )?;
-        }
+        write_weights(&sd.join(TRAINABLE_FILE), &snap.trainable, WeightFormat::Safetensors)?;
         let value = serde_json::to_value(&snap.state)
             .map_err(|e| Error::json(sd.join(STATE_FILE), e.to_string()))?;
         write_json(&sd.join(STATE_FILE), &value)
@@ -193,7 +196,7 @@ pub fn resolve(spec: &str, proj_dir: &Path) -> Result<PathBuf> {
 pub struct Restored {
     pub state: TrainerState,
     pub optimizer: Option<Vec<(String, Tensor)>>,
-    pub master: Option<Vec<(String, Tensor)>>,
+    pub trainable: Vec<(String, Tensor)>,
 }
 
 pub fn load(dir: &Path) -> Result<Restored> {
@@ -203,15 +206,8 @@ pub fn load(dir: &Path) -> Result<Restored> {
         .has_optimizer_state
         .then(|| read_weights(&sd.join(OPTIMIZER_FILE)))
         .transpose()?;
-    let master = state
-        .has_master_weights
-        .then(|| read_weights(&sd.join(MASTER_FILE)))
-        .transpose()?;
-    Ok(Restored {
-        state,
-        optimizer,
-        master,
-    })
+    let trainable = read_weights(&sd.join(TRAINABLE_FILE))?;
+    Ok(Restored { state, optimizer, trainable })
 }
 
 /// Removes staging directories left by a killed run.

@@ -74,6 +74,14 @@ pub struct TrainConfig {
     pub packing: bool,
     /// Abort after this many consecutive steps with a non-finite loss or gradient.
     pub max_bad_steps: usize,
+    /// Train LoRA adapters (settings in `lora`) instead of every weight.
+    pub use_lora: bool,
+    /// What checkpoints and the final export hold with LoRA: `lora_only` (adapter files),
+    /// `full` (a merged, plain model directory) or `both`.
+    pub lora_save_mode: String,
+    pub lora: crate::lora::LoraConfig,
+    /// The base model directory (recorded in adapter_config.json).
+    pub base_model: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -122,6 +130,10 @@ impl TrainConfig {
             save_format: "pth".into(),
             packing: false,
             max_bad_steps: 5,
+            use_lora: false,
+            lora_save_mode: "lora_only".into(),
+            lora: crate::lora::LoraConfig::default(),
+            base_model: None,
         }
     }
 
@@ -177,15 +189,22 @@ impl TrainConfig {
                 ))
             })?;
             let k = k.trim();
-            if value.get(k).is_none() {
-                return Err(Error::InvalidArgument(format!(
-                    "--set `{k}`: unknown config field"
-                )));
-            }
-            // Numbers, booleans and null parse as JSON; anything else is a string.
+            // Numbers, booleans, null and arrays parse as JSON; anything else is a string.
             let v = serde_json::from_str(v.trim())
                 .unwrap_or_else(|_| serde_json::Value::String(v.trim().to_string()));
-            value[k] = v;
+            // `lora.r=8` sets a field of a nested table.
+            let mut slot = &mut value;
+            for part in k.split('.') {
+                slot = match slot.get_mut(part) {
+                    Some(s) => s,
+                    None => {
+                        return Err(Error::InvalidArgument(format!(
+                            "--set `{k}`: unknown config field"
+                        )))
+                    }
+                };
+            }
+            *slot = v;
         }
         let cfg: TrainConfig = serde_json::from_value(value)
             .map_err(|e| Error::InvalidArgument(format!("config: {e}")))?;
@@ -251,6 +270,12 @@ impl TrainConfig {
             || self.adam_eps <= 0.0
         {
             return bad("beta1, beta2 must be in [0, 1) and adam_eps > 0".into());
+        }
+        if !matches!(self.lora_save_mode.as_str(), "lora_only" | "full" | "both") {
+            return bad(format!("lora_save_mode `{}`: use lora_only, full or both", self.lora_save_mode));
+        }
+        if self.use_lora {
+            self.lora.validate().map_err(|e| Error::InvalidArgument(format!("config: lora: {e}")))?;
         }
         if self.weight_decay < 0.0 || self.grad_clip < 0.0 {
             return bad("weight_decay and grad_clip must be >= 0".into());

@@ -11,7 +11,7 @@ use super::loss::{lm_loss_part, IGNORE_INDEX};
 use super::optim::{clip_grads, lr_at, AdamW, OptimParam};
 use crate::data::{Batch, Batcher, Cursor, Dataset};
 use crate::error::{Error, Result};
-use crate::hub::{parse_device, parse_kind, write_json, WeightFormat};
+use crate::hub::{parse_device, parse_kind, write_json};
 use crate::metrics::{MetricsConfig, MetricsLogger, ProgressMode, StepMetrics};
 use crate::model::{Rwkv7, State};
 use crate::tokenizer::AutoTokenizer;
@@ -100,9 +100,12 @@ pub fn forward_backward(
     Ok(MicroLoss { loss: ce, tokens })
 }
 
-/// The tensors the optimizer updates, by name. Tensors already marked `requires_grad` (e.g. by
-/// LoRA, which freezes the base) are taken as they are; a plain model trains everything.
+/// The tensors the optimizer updates, by name: with LoRA the adapters and `modules_to_save`;
+/// otherwise tensors already marked `requires_grad`, or everything when none is.
 pub fn trainable_tensors(model: &Rwkv7) -> Vec<(String, Tensor)> {
+    if crate::lora::has_adapters(model) {
+        return crate::lora::trainable_tensors(model);
+    }
     let all = model.named_tensors();
     let marked: Vec<_> = all
         .iter()
@@ -128,6 +131,8 @@ pub struct Trainer {
     pub dataset: Dataset,
     /// Print progress to the console (tests turn it off).
     pub progress: bool,
+    /// The adapters attached when `use_lora` is set.
+    pub lora: Option<crate::lora::LoraLayout>,
 }
 
 /// trl-style names for the two uses of the same loop.
@@ -151,10 +156,18 @@ impl Trainer {
             )));
         }
         let kind = parse_kind(&config.precision)?;
-        let model = if model.device() != device || model.kind() != kind {
+        let mut model = if model.device() != device || model.kind() != kind {
             model.to(device, kind)?
         } else {
             model
+        };
+        // Adapters go on after the dtype change (`to` rebuilds a plain model).
+        let lora = if config.use_lora {
+            let layout = crate::lora::get_peft_model(&mut model, &config.lora, config.seed)?;
+            crate::lora::set_training(&mut model, true);
+            Some(layout)
+        } else {
+            None
         };
         if config.grad_cp != 0 {
             return Err(Error::InvalidArgument(
@@ -167,6 +180,7 @@ impl Trainer {
             tokenizer,
             dataset,
             progress: true,
+            lora,
         })
     }
 
@@ -223,7 +237,6 @@ impl Trainer {
                 1.0
             },
             has_optimizer_state: cfg.save_optimizer_state,
-            has_master_weights: mixed,
             config: cfg.clone(),
         };
         let resumed = match &cfg.resume_from_checkpoint {
@@ -370,13 +383,11 @@ impl Trainer {
             }
         }
         let final_dir = proj.join("final");
-        let fmt = if cfg.save_format == "safetensors" {
-            WeightFormat::Safetensors
-        } else {
-            WeightFormat::Pth
-        };
+        if self.lora.is_some() {
+            crate::lora::set_training(&mut self.model, false);
+        }
         checkpoint::write_dir_atomically(&final_dir, |d| {
-            checkpoint::write_model_dir(d, &self.model, &self.tokenizer, fmt)
+            checkpoint::write_model_dir(d, &self.model, &self.tokenizer, &cfg, self.lora.as_ref())
         })?;
         log.event(format!("final model: {}", final_dir.display()));
         log.finish()?;
@@ -405,11 +416,15 @@ impl Trainer {
             } else {
                 Vec::new()
             },
-            master: named
+            trainable: named
                 .iter()
-                .zip(master)
-                .map(|((n, _), m)| (n.clone(), m.shallow_clone()))
+                .enumerate()
+                .map(|(i, (n, t))| {
+                    let w = master.get(i).map_or_else(|| t.detach().to_kind(Kind::Float), |m| m.shallow_clone());
+                    (n.clone(), w)
+                })
                 .collect(),
+            lora: self.lora.as_ref(),
         };
         checkpoint::save(proj, &snap)
     }
@@ -433,14 +448,7 @@ impl Trainer {
                 "the training data or micro_bsz/seed differ from the run that wrote this checkpoint; resume with the same data and settings",
             ));
         }
-        // Weights: the fp32 masters when present, else the checkpoint's model file.
-        let weights = match restored.master {
-            Some(m) => m,
-            None => {
-                let files = crate::hub::ModelFiles::locate(&dir)?;
-                crate::hub::read_weights(&files.weights)?
-            }
-        };
+        let weights = restored.trainable;
         let by_name: std::collections::HashMap<_, _> = weights.into_iter().collect();
         let _g = tch::no_grad_guard();
         for (i, (name, t)) in named.iter().enumerate() {
