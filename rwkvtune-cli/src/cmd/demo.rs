@@ -1,8 +1,9 @@
 //! The built-in demo: everything runs on embedded defaults (a small model shape and the bundled
 //! example data compiled into the binary), no files needed.
 //!
-//! fresh model → pre-training from scratch (loss vs. the corpus's unigram entropy) → SFT on
-//! instructions (held-out loss before/after) → generation with the result, with timings.
+//! fresh model → pre-training from scratch (loss vs. the corpus's unigram entropy) → LoRA SFT on
+//! instructions (held-out loss before/after) → merge the adapter → generation with the merged
+//! model, with timings.
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -109,25 +110,38 @@ pub fn run(a: DemoArgs) -> Result<()> {
         before.loss, after.loss, entropy, t.elapsed().as_secs_f64()
     );
 
-    // 3. SFT of the pre-trained model on instructions.
+    // 3. LoRA SFT of the pre-trained model on instructions, then merge the adapter.
     let t = Instant::now();
     let model = AutoModel::from_pretrained(&pretrained, Device::Cpu, Kind::Float)?;
     let sft_ds = data(&data_dir.join("sft_train.jsonl"), Task::Sft, &tok, &model, 64, false)?;
     let sft_eval = data(&data_dir.join("sft_eval.jsonl"), Task::Sft, &tok, &model, 64, false)?;
     let before = evaluate(&model, &sft_eval, 8)?;
     let mut cfg = TrainConfig::sft();
-    cfg.proj_dir = out.join("sft").display().to_string();
+    cfg.proj_dir = out.join("sft-lora").display().to_string();
     (cfg.ctx_len, cfg.micro_bsz, cfg.epoch_count, cfg.epoch_steps) = (64, 8, 2, Some(a.sft_steps.div_ceil(2)));
-    (cfg.lr_init, cfg.lr_final, cfg.warmup_steps, cfg.seed) = (2e-3, 2e-4, 5, a.seed);
+    (cfg.lr_init, cfg.lr_final, cfg.warmup_steps, cfg.seed) = (3e-3, 3e-4, 5, a.seed);
+    (cfg.use_lora, cfg.lora.r, cfg.lora.lora_alpha) = (true, 32, 64.0);
+    cfg.base_model = Some(pretrained.display().to_string());
     cfg.save_format = "safetensors".into();
-    println!("[3/4] SFT on {} instructions, {} steps", sft_ds.len(), a.sft_steps);
-    let tuned = train(cfg, model, &tok, sft_ds)?;
-    let model = AutoModel::from_pretrained(&tuned, Device::Cpu, Kind::Float)?;
+    println!("[3/4] LoRA SFT (r 32) on {} instructions, {} steps, then merge", sft_ds.len(), a.sft_steps);
+    let adapter = train(cfg, model, &tok, sft_ds)?;
+    let merged = out.join("merged");
+    let _ = std::fs::remove_dir_all(&merged);
+    rwkvtune_core::lora::merge_lora(&rwkvtune_core::lora::MergeOptions {
+        base_model: pretrained.clone(),
+        lora_model: adapter.clone(),
+        output: merged.clone(),
+        device: Device::Cpu,
+        precision: Kind::Float,
+        save_format: rwkvtune_core::hub::WeightFormat::Safetensors,
+    })?;
+    let model = AutoModel::from_pretrained(&merged, Device::Cpu, Kind::Float)?;
     let after = evaluate(&model, &sft_eval, 8)?;
     println!(
-        "      held-out SFT loss {:.3} -> {:.3} (perplexity {:.1} -> {:.1}) in {:.1}s",
-        before.loss, after.loss, before.perplexity, after.perplexity, t.elapsed().as_secs_f64()
+        "      held-out SFT loss {:.3} -> {:.3} (perplexity {:.1} -> {:.1}) in {:.1}s; merged model in {}",
+        before.loss, after.loss, before.perplexity, after.perplexity, t.elapsed().as_secs_f64(), merged.display()
     );
+    let tuned = merged;
 
     // 4. Generation with the tuned model.
     let prompt = tok.encode(&a.prompt)?;
