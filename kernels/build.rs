@@ -13,7 +13,7 @@ fn main() {
         .join("include");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
-    for f in ["csrc/wkv7.cpp", "csrc/shim.h"] {
+    for f in ["csrc/wkv7.cpp", "csrc/checkpoint.cpp", "csrc/shim.h"] {
         println!("cargo:rerun-if-changed={f}");
     }
     cc::Build::new()
@@ -27,6 +27,7 @@ fn main() {
         .opt_level(3)
         .flag("-w")
         .file("csrc/wkv7.cpp")
+        .file("csrc/checkpoint.cpp")
         .compile("rwkvtune_kernels");
     // Dependents (the core crate and the CLI) read this to bake an rpath into their binaries.
     println!("cargo:libtorch_lib={}", lib.display());

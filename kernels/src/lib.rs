@@ -76,3 +76,116 @@ pub fn wkv7(
     // SAFETY: see above.
     Ok(unsafe { (Tensor::from_ptr(y), Tensor::from_ptr(s)) })
 }
+
+// ---- activation checkpointing ------------------------------------------------------------------
+
+type CallFn = unsafe extern "C" fn(
+    *mut c_void,
+    *const *mut C_tensor,
+    i64,
+    *mut *mut C_tensor,
+    i64,
+    *mut i64,
+) -> i32;
+type DropFn = unsafe extern "C" fn(*mut c_void);
+
+extern "C" {
+    fn rwkvtune_checkpoint(
+        call: CallFn,
+        drop: DropFn,
+        user: *mut c_void,
+        inputs: *const *const C_tensor,
+        n_in: i64,
+        outputs: *mut *mut C_tensor,
+        max_out: i64,
+        n_out: *mut i64,
+    ) -> i32;
+    fn rwkvtune_set_error(msg: *const c_char);
+}
+
+use std::ffi::c_void;
+
+/// Most outputs a checkpointed function may return.
+const MAX_OUTPUTS: usize = 64;
+
+unsafe extern "C" fn call_trampoline<F>(
+    user: *mut c_void,
+    inputs: *const *mut C_tensor,
+    n_in: i64,
+    outputs: *mut *mut C_tensor,
+    max_out: i64,
+    n_out: *mut i64,
+) -> i32
+where
+    F: Fn(&[Tensor]) -> Result<Vec<Tensor>, String>,
+{
+    let f = &*(user as *const F);
+    let ins: Vec<Tensor> = (0..n_in as usize)
+        .map(|i| Tensor::clone_from_ptr(*inputs.add(i)))
+        .collect();
+    let fail = |msg: String| {
+        let c = std::ffi::CString::new(msg.replace('\0', " ")).unwrap_or_default();
+        rwkvtune_set_error(c.as_ptr());
+        -1
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ins))) {
+        Ok(Ok(outs)) if outs.len() <= max_out as usize => {
+            for (i, t) in outs.into_iter().enumerate() {
+                // Ownership moves to C++, which deletes the handle after taking a copy.
+                let mut t = std::mem::ManuallyDrop::new(t);
+                *outputs.add(i) = t.as_mut_ptr();
+                *n_out = i as i64 + 1;
+            }
+            0
+        }
+        Ok(Ok(outs)) => fail(format!(
+            "{} outputs, at most {max_out} supported",
+            outs.len()
+        )),
+        Ok(Err(msg)) => fail(msg),
+        Err(_) => fail("the checkpointed function panicked".into()),
+    }
+}
+
+unsafe extern "C" fn drop_trampoline<F>(user: *mut c_void) {
+    drop(Box::from_raw(user as *mut F));
+}
+
+/// Runs `f(inputs)` without keeping its intermediate activations; the backward pass runs it again
+/// with grad enabled (PyTorch's reentrant checkpoint). Gradients reach the explicit `inputs` and
+/// every tensor `f` captures. At least one input must require grad for captured parameters to
+/// get gradients (pass a dummy that does); without grad mode `f` simply runs.
+///
+/// `f` is owned by the autograd graph until it is freed, and must compute the same thing both
+/// times (no fresh randomness).
+pub fn checkpoint<F>(f: F, inputs: &[&Tensor]) -> Result<Vec<Tensor>, KernelError>
+where
+    F: Fn(&[Tensor]) -> Result<Vec<Tensor>, String> + 'static,
+{
+    let user = Box::into_raw(Box::new(f)) as *mut c_void;
+    let ins: Vec<*const C_tensor> = inputs.iter().map(|t| t.as_ptr()).collect();
+    let mut outs: Vec<*mut C_tensor> = vec![std::ptr::null_mut(); MAX_OUTPUTS];
+    let mut n_out = 0i64;
+    // SAFETY: `user` is a leaked Box<F> whose ownership passes to the C++ node (freed through
+    // drop_trampoline::<F>); input pointers are live tensors; outputs are new heap tensors.
+    let rc = unsafe {
+        rwkvtune_checkpoint(
+            call_trampoline::<F>,
+            drop_trampoline::<F>,
+            user,
+            ins.as_ptr(),
+            ins.len() as i64,
+            outs.as_mut_ptr(),
+            MAX_OUTPUTS as i64,
+            &mut n_out,
+        )
+    };
+    if rc != 0 {
+        return Err(last_error());
+    }
+    // SAFETY: the first n_out entries are new tensors owned by us now.
+    Ok(outs[..n_out as usize]
+        .iter()
+        .map(|&p| unsafe { Tensor::from_ptr(p) })
+        .collect())
+}

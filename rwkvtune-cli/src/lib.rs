@@ -45,6 +45,11 @@ pub enum Command {
     Pretrain(cmd::train::TrainArgs),
     /// Token-mean loss and perplexity of a model over the labelled tokens of a dataset (JSON).
     Eval(cmd::train::EvalArgs),
+    /// Inspect WebAssembly plugins.
+    #[command(subcommand)]
+    Plugin(cmd::plugin::PluginCommand),
+    /// Score a JSONL of samples with a reward plugin, offline.
+    Reward(cmd::plugin::RewardArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -63,6 +68,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sft(a) => cmd::train::run(rwkvtune_core::train::Task::Sft, a),
         Command::Pretrain(a) => cmd::train::run(rwkvtune_core::train::Task::Pretrain, a),
         Command::Eval(a) => cmd::train::run_eval(a),
+        Command::Plugin(c) => cmd::plugin::run(c),
+        Command::Reward(a) => cmd::plugin::run_reward(a),
     }
 }
 

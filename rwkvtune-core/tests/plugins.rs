@@ -614,3 +614,192 @@ fn wrong_role_bad_bytes_and_missing_files_are_clear_errors() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Example plugins in Python (componentize-py) and JavaScript (jco componentize)
+// ---------------------------------------------------------------------------------------------
+
+/// A runtime whose compiled-component cache persists across test runs
+/// (`target/tmp/plugin-test-cache`): the Python and JS components take 15–35 s each to compile
+/// with cranelift, so only the first run after a plugin changes pays for it.
+fn cached_runtime() -> PluginRuntime {
+    PluginRuntime::new(RuntimeOptions {
+        cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-test-cache")),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// Loads a component twice: the second load must come from the cache and take milliseconds.
+fn assert_cached(rt: &PluginRuntime, path: &std::path::Path) {
+    let first = rt.load(path).unwrap();
+    let second = rt.load(path).unwrap();
+    assert_eq!(second.cache, CacheOutcome::Hit, "{}", path.display());
+    assert!(
+        second.load_time < Duration::from_secs(2),
+        "cached load of {} took {:?} (first: {:?}, {:?})",
+        path.display(),
+        second.load_time,
+        first.load_time,
+        first.cache
+    );
+    assert_eq!(second.roles, [(Role::Reward, WitVersion::V0_1_0)]);
+}
+
+fn close(got: &[Option<f32>], want: &[Option<f32>]) -> bool {
+    got.len() == want.len()
+        && got.iter().zip(want).all(|(g, w)| match (g, w) {
+            (Some(g), Some(w)) => (g - w).abs() < 1e-5,
+            (None, None) => true,
+            _ => false,
+        })
+}
+
+#[test]
+fn python_length_reward_scores_length_and_repeated_ngrams() {
+    let rt = cached_runtime();
+    let path = wasm("python_length_reward");
+    assert_cached(&rt, &path);
+
+    // unit "tokens": lengths come from the ids the host passes.
+    let cfg = json!({"target": 4, "ngram": 2, "repetition_weight": 0.5});
+    let spec = PluginSpec::new(&path).with_config(cfg.to_string());
+    let mut f = rt.reward(&spec, tokenizer(), stderr_sink()).unwrap();
+    assert_eq!(f.info().name, "python-length-reward");
+    let rows = vec![
+        vec![1, 2, 3, 4],             // on target, no repeats: 1
+        vec![1, 2],                   // 1 - 2/4
+        vec![1, 2, 3, 4, 5, 6, 7, 8], // twice the target: 0
+        vec![7, 8, 7, 8],             // on target, 1 of 3 bigrams repeated: 1 - 0.5/3
+        vec![1, 2],                   // per-row target 2: 1
+        vec![],                       // empty: 0
+    ];
+    let mut extras = vec!["{}".to_string(); rows.len()];
+    extras[4] = json!({"target_length": 2}).to_string();
+    let b = RolloutBatch {
+        prompts: vec!["p".into(); rows.len()],
+        completions: vec!["ignored for unit tokens".into(); rows.len()],
+        tokens: TokenMatrix::from_rows(&rows, 8),
+        extras,
+    };
+    let got = values(&f.compute(&b).unwrap());
+    let want = [
+        Some(1.0),
+        Some(0.5),
+        Some(0.0),
+        Some(1.0 - 0.5 / 3.0),
+        Some(1.0),
+        Some(0.0),
+    ];
+    assert!(close(&got, &want), "{got:?} vs {want:?}");
+
+    // unit "words": whitespace words, n-grams over lower-cased words.
+    let cfg = json!({"target": 5, "unit": "words", "ngram": 2});
+    let spec = PluginSpec::new(&path).with_config(cfg.to_string());
+    let mut f = rt.reward(&spec, tokenizer(), stderr_sink()).unwrap();
+    let b = batch(
+        &["q"; 3],
+        &[
+            "one two three four five",
+            "The cat the cat the", // bigrams: the-cat, cat-the, (the-cat), (cat-the) → 2/4
+            "Hello",
+        ],
+        &[json!({}), json!({}), json!({})],
+    );
+    let got = values(&f.compute(&b).unwrap());
+    assert!(close(&got, &[Some(1.0), Some(0.5), Some(0.2)]), "{got:?}");
+    // Stateless: the same batch again gives the same rewards.
+    assert!(close(&values(&f.compute(&b).unwrap()), &got));
+
+    // A bad config is reported by `init` (a Python `raise Err(...)`), before any batch.
+    let spec = PluginSpec::new(&path).with_config(r#"{"unit": "bytes"}"#);
+    let err = rt
+        .reward(&spec, tokenizer(), stderr_sink())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("init failed") && err.contains("config `unit` must be one of"),
+        "{err}"
+    );
+}
+
+#[test]
+fn js_keyword_reward_counts_configured_or_per_row_keywords() {
+    let rt = cached_runtime();
+    let path = wasm("js_keyword_reward");
+    assert_cached(&rt, &path);
+
+    let cfg = json!({"keywords": ["Paris", "France"]});
+    let spec = PluginSpec::new(&path).with_config(cfg.to_string());
+    let mut f = rt.reward(&spec, tokenizer(), stderr_sink()).unwrap();
+    assert_eq!(f.info().name, "keyword-reward");
+    let b = batch(
+        &["q"; 6],
+        &[
+            "Paris is the capital of France.",
+            "paris!", // case-insensitive by default
+            "Berlin",
+            "Berlin is the capital", // per-row keywords replace the configured ones
+            "ROME",
+            "France, not Paris", // an empty per-row list falls back to the configured one
+        ],
+        &[
+            json!({}),
+            json!({"other": 1}),
+            json!({}),
+            json!({"keywords": ["berlin", "Germany", "capital"]}),
+            json!({"keywords": "rome"}),
+            json!({"keywords": []}),
+        ],
+    );
+    let got = values(&f.compute(&b).unwrap());
+    let want = [
+        Some(1.0),
+        Some(0.5),
+        Some(0.0),
+        Some(2.0 / 3.0),
+        Some(1.0),
+        Some(1.0),
+    ];
+    assert!(close(&got, &want), "{got:?} vs {want:?}");
+
+    // No configured keywords: rows without their own are "not applicable" (none).
+    let spec = PluginSpec::new(&path);
+    let mut f = rt.reward(&spec, tokenizer(), stderr_sink()).unwrap();
+    let b = batch(
+        &["q"; 2],
+        &["anything", "a cat"],
+        &[json!({}), json!({"keywords": ["cat", "dog"]})],
+    );
+    assert_eq!(values(&f.compute(&b).unwrap()), [None, Some(0.5)]);
+
+    // Whole words, case-sensitive.
+    let cfg = json!({"keywords": ["cat"], "whole_word": true, "case_sensitive": true});
+    let spec = PluginSpec::new(&path).with_config(cfg.to_string());
+    let mut f = rt.reward(&spec, tokenizer(), stderr_sink()).unwrap();
+    let b = batch(
+        &["q"; 3],
+        &["concatenate", "a cat.", "Cat"],
+        &[json!({}), json!({}), json!({})],
+    );
+    assert_eq!(
+        values(&f.compute(&b).unwrap()),
+        [Some(0.0), Some(1.0), Some(0.0)]
+    );
+
+    // A bad config and a bad per-row column are plugin-level errors (thrown strings).
+    let spec = PluginSpec::new(&path).with_config(r#"{"keywords": 3}"#);
+    let err = rt
+        .reward(&spec, tokenizer(), stderr_sink())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("init failed") && err.contains("config `keywords` must be"),
+        "{err}"
+    );
+    let b = batch(&["q"], &["x"], &[json!({"keywords": 7})]);
+    let err = f.compute(&b).unwrap_err().to_string();
+    assert!(err.contains("row 0: column `keywords` must be"), "{err}");
+}

@@ -34,7 +34,10 @@ pub struct DemoArgs {
     /// Optimizer steps of SFT.
     #[arg(long, default_value_t = 60)]
     pub sft_steps: usize,
-    #[arg(long, default_value = "User: What is the capital of Peru?\n\nAssistant:")]
+    #[arg(
+        long,
+        default_value = "User: What is the capital of Peru?\n\nAssistant:"
+    )]
     pub prompt: String,
     #[arg(long, default_value_t = 24)]
     pub max_new_tokens: usize,
@@ -42,9 +45,26 @@ pub struct DemoArgs {
     pub seed: u64,
 }
 
-fn data(path: &Path, task: Task, tok: &AutoTokenizer, model: &Rwkv7, ctx: usize, packing: bool) -> Result<Dataset> {
-    let opts = DataOptions { ctx_len: ctx, packing, ..DataOptions::default() };
-    Ok(load_dataset(path, task.data_kind(), tok, model.dims.vocab_size, &opts)?)
+fn data(
+    path: &Path,
+    task: Task,
+    tok: &AutoTokenizer,
+    model: &Rwkv7,
+    ctx: usize,
+    packing: bool,
+) -> Result<Dataset> {
+    let opts = DataOptions {
+        ctx_len: ctx,
+        packing,
+        ..DataOptions::default()
+    };
+    Ok(load_dataset(
+        path,
+        task.data_kind(),
+        tok,
+        model.dims.vocab_size,
+        &opts,
+    )?)
 }
 
 /// Entropy (nats) of the corpus's unigram token distribution: the loss of the best model that
@@ -70,8 +90,14 @@ fn train(cfg: TrainConfig, model: Rwkv7, tok: &AutoTokenizer, ds: Dataset) -> Re
 pub fn run(a: DemoArgs) -> Result<()> {
     let out = &a.output_dir;
     let data_dir = out.join("data");
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    for (name, text) in [("pretrain_train.jsonl", PRETRAIN_TRAIN), ("pretrain_eval.jsonl", PRETRAIN_EVAL), ("sft_train.jsonl", SFT_TRAIN), ("sft_eval.jsonl", SFT_EVAL)] {
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    for (name, text) in [
+        ("pretrain_train.jsonl", PRETRAIN_TRAIN),
+        ("pretrain_eval.jsonl", PRETRAIN_EVAL),
+        ("sft_train.jsonl", SFT_TRAIN),
+        ("sft_eval.jsonl", SFT_EVAL),
+    ] {
         std::fs::write(data_dir.join(name), text).with_context(|| format!("writing {name}"))?;
     }
 
@@ -86,25 +112,58 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let hub = create_hub(&opts).context("creating the demo model")?;
     println!(
         "[1/4] fresh RWKV-7: {} layers, n_embd {}, vocab {}, {:.1} M parameters ({:.1}s)",
-        hub.config.n_layer, hub.config.n_embd, hub.config.vocab_size, hub.parameters as f64 / 1e6, t.elapsed().as_secs_f64()
+        hub.config.n_layer,
+        hub.config.n_embd,
+        hub.config.vocab_size,
+        hub.parameters as f64 / 1e6,
+        t.elapsed().as_secs_f64()
     );
     let tok = AutoTokenizer::from_pretrained(&fresh)?;
 
     // 2. Pre-training from scratch on the bundled corpus.
     let t = Instant::now();
     let model = AutoModel::from_pretrained(&fresh, Device::Cpu, Kind::Float)?;
-    let train_ds = data(&data_dir.join("pretrain_train.jsonl"), Task::Pretrain, &tok, &model, 128, true)?;
-    let eval_ds = data(&data_dir.join("pretrain_eval.jsonl"), Task::Pretrain, &tok, &model, 128, true)?;
+    let train_ds = data(
+        &data_dir.join("pretrain_train.jsonl"),
+        Task::Pretrain,
+        &tok,
+        &model,
+        128,
+        true,
+    )?;
+    let eval_ds = data(
+        &data_dir.join("pretrain_eval.jsonl"),
+        Task::Pretrain,
+        &tok,
+        &model,
+        128,
+        true,
+    )?;
     let before = evaluate(&model, &eval_ds, 8)?;
     let mut cfg = TrainConfig::pretrain();
     cfg.proj_dir = out.join("pretrain").display().to_string();
-    (cfg.ctx_len, cfg.micro_bsz, cfg.epoch_count, cfg.epoch_steps) = (128, 4, 1, Some(a.pretrain_steps));
-    (cfg.lr_init, cfg.lr_final, cfg.warmup_steps, cfg.packing, cfg.seed) = (3e-3, 3e-4, 8, true, a.seed);
+    (cfg.ctx_len, cfg.micro_bsz, cfg.epoch_count, cfg.epoch_steps) =
+        (128, 4, 1, Some(a.pretrain_steps));
+    (
+        cfg.lr_init,
+        cfg.lr_final,
+        cfg.warmup_steps,
+        cfg.packing,
+        cfg.seed,
+    ) = (3e-3, 3e-4, 8, true, a.seed);
     cfg.save_format = "safetensors".into();
     let entropy = unigram_entropy(&train_ds);
-    println!("[2/4] pre-training from scratch: {} windows of 128 tokens, {} steps", train_ds.len(), a.pretrain_steps);
+    println!(
+        "[2/4] pre-training from scratch: {} windows of 128 tokens, {} steps",
+        train_ds.len(),
+        a.pretrain_steps
+    );
     let pretrained = train(cfg, model, &tok, train_ds)?;
-    let after = evaluate(&AutoModel::from_pretrained(&pretrained, Device::Cpu, Kind::Float)?, &eval_ds, 8)?;
+    let after = evaluate(
+        &AutoModel::from_pretrained(&pretrained, Device::Cpu, Kind::Float)?,
+        &eval_ds,
+        8,
+    )?;
     println!(
         "      held-out loss {:.3} -> {:.3} nats/token (unigram entropy of the corpus: {:.3}) in {:.1}s",
         before.loss, after.loss, entropy, t.elapsed().as_secs_f64()
@@ -113,17 +172,36 @@ pub fn run(a: DemoArgs) -> Result<()> {
     // 3. LoRA SFT of the pre-trained model on instructions, then merge the adapter.
     let t = Instant::now();
     let model = AutoModel::from_pretrained(&pretrained, Device::Cpu, Kind::Float)?;
-    let sft_ds = data(&data_dir.join("sft_train.jsonl"), Task::Sft, &tok, &model, 64, false)?;
-    let sft_eval = data(&data_dir.join("sft_eval.jsonl"), Task::Sft, &tok, &model, 64, false)?;
+    let sft_ds = data(
+        &data_dir.join("sft_train.jsonl"),
+        Task::Sft,
+        &tok,
+        &model,
+        64,
+        false,
+    )?;
+    let sft_eval = data(
+        &data_dir.join("sft_eval.jsonl"),
+        Task::Sft,
+        &tok,
+        &model,
+        64,
+        false,
+    )?;
     let before = evaluate(&model, &sft_eval, 8)?;
     let mut cfg = TrainConfig::sft();
     cfg.proj_dir = out.join("sft-lora").display().to_string();
-    (cfg.ctx_len, cfg.micro_bsz, cfg.epoch_count, cfg.epoch_steps) = (64, 8, 2, Some(a.sft_steps.div_ceil(2)));
+    (cfg.ctx_len, cfg.micro_bsz, cfg.epoch_count, cfg.epoch_steps) =
+        (64, 8, 2, Some(a.sft_steps.div_ceil(2)));
     (cfg.lr_init, cfg.lr_final, cfg.warmup_steps, cfg.seed) = (3e-3, 3e-4, 5, a.seed);
     (cfg.use_lora, cfg.lora.r, cfg.lora.lora_alpha) = (true, 32, 64.0);
     cfg.base_model = Some(pretrained.display().to_string());
     cfg.save_format = "safetensors".into();
-    println!("[3/4] LoRA SFT (r 32) on {} instructions, {} steps, then merge", sft_ds.len(), a.sft_steps);
+    println!(
+        "[3/4] LoRA SFT (r 32) on {} instructions, {} steps, then merge",
+        sft_ds.len(),
+        a.sft_steps
+    );
     let adapter = train(cfg, model, &tok, sft_ds)?;
     let merged = out.join("merged");
     let _ = std::fs::remove_dir_all(&merged);
@@ -146,7 +224,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
     // 4. Generation with the tuned model.
     let prompt = tok.encode(&a.prompt)?;
     let gen = GenerateOptions {
-        sampling: SamplingParams { temperature: 0.0, seed: a.seed, ..SamplingParams::default() },
+        sampling: SamplingParams {
+            temperature: 0.0,
+            seed: a.seed,
+            ..SamplingParams::default()
+        },
         max_new_tokens: a.max_new_tokens,
         eos_ids: tok.eos_token_id.into_iter().collect(),
         stop: vec![],

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod generate;
 pub mod logits;
 pub mod merge_lora;
+pub mod plugin;
 pub mod tokenize;
 pub mod train;
 

@@ -101,7 +101,10 @@ impl TrainArgs {
         put("lora.r", self.lora_r.map(|v| v.to_string()));
         put("lora.lora_alpha", self.lora_alpha.map(|v| v.to_string()));
         put("lora_save_mode", self.lora_save_mode.clone());
-        put("base_model", Some(serde_json::to_string(&self.model.display().to_string()).unwrap_or_default()));
+        put(
+            "base_model",
+            Some(serde_json::to_string(&self.model.display().to_string()).unwrap_or_default()),
+        );
         put(
             "proj_dir",
             self.output_dir
@@ -190,10 +193,15 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         .with_context(|| format!("loading model {}", a.model.display()))?;
     let mut model = model;
     if let Some(adapter) = &a.lora {
-        rwkvtune_core::lora::load_adapter(&mut model, adapter).with_context(|| format!("loading adapter {}", adapter.display()))?;
+        rwkvtune_core::lora::load_adapter(&mut model, adapter)
+            .with_context(|| format!("loading adapter {}", adapter.display()))?;
     }
     // An adapter directory written by training carries the tokenizer it was trained with.
-    let tok_dir = a.lora.as_deref().filter(|d| d.join("tokenizer_config.json").is_file()).unwrap_or(&a.model);
+    let tok_dir = a
+        .lora
+        .as_deref()
+        .filter(|d| d.join("tokenizer_config.json").is_file())
+        .unwrap_or(&a.model);
     let tok = AutoTokenizer::from_pretrained(tok_dir)?;
     let task = if a.task == "pretrain" {
         Task::Pretrain

@@ -3,6 +3,7 @@
 mod hub;
 mod inspect;
 mod merge;
+mod plugin;
 mod train;
 
 use std::path::{Path, PathBuf};

@@ -264,23 +264,73 @@ fn lora_sft_then_merge_gives_the_adapter_model_loss() {
     let model = reference().join("models/u3x96h32");
     let out = tmp.path().join("lora");
     ok(&[
-        "sft", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--output-dir", out.to_str().unwrap(),
-        "--ctx-len", "32", "--micro-bsz", "4", "--epoch-count", "2", "--lr-init", "1e-2", "--lora", "--lora-r", "8",
-        "--lora-alpha", "16", "--set", "save_format=safetensors", "--quiet",
+        "sft",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--ctx-len",
+        "32",
+        "--micro-bsz",
+        "4",
+        "--epoch-count",
+        "2",
+        "--lr-init",
+        "1e-2",
+        "--lora",
+        "--lora-r",
+        "8",
+        "--lora-alpha",
+        "16",
+        "--set",
+        "save_format=safetensors",
+        "--quiet",
     ]);
     let fin = out.join("final");
-    assert!(fin.join("adapter_config.json").is_file() && fin.join("adapter_model.safetensors").is_file());
-    assert!(!fin.join("model.safetensors").exists(), "lora_only saves adapters only");
+    assert!(
+        fin.join("adapter_config.json").is_file()
+            && fin.join("adapter_model.safetensors").is_file()
+    );
+    assert!(
+        !fin.join("model.safetensors").exists(),
+        "lora_only saves adapters only"
+    );
     let eval = |args: &[&str]| -> f64 {
         let v: serde_json::Value = serde_json::from_str(&ok(args)).unwrap();
         v["loss"].as_f64().unwrap()
     };
     let d = data.to_str().unwrap();
     let base = eval(&["eval", "--model", model.to_str().unwrap(), "--data", d]);
-    let adapted = eval(&["eval", "--model", model.to_str().unwrap(), "--lora", fin.to_str().unwrap(), "--data", d]);
-    assert!(adapted < base - 0.05, "LoRA training must lower the training loss: {base} -> {adapted}");
+    let adapted = eval(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--lora",
+        fin.to_str().unwrap(),
+        "--data",
+        d,
+    ]);
+    assert!(
+        adapted < base - 0.05,
+        "LoRA training must lower the training loss: {base} -> {adapted}"
+    );
     let merged = tmp.path().join("merged");
-    ok(&["merge-lora", "-b", model.to_str().unwrap(), "-l", fin.to_str().unwrap(), "-o", merged.to_str().unwrap(), "--precision", "fp32"]);
+    ok(&[
+        "merge-lora",
+        "-b",
+        model.to_str().unwrap(),
+        "-l",
+        fin.to_str().unwrap(),
+        "-o",
+        merged.to_str().unwrap(),
+        "--precision",
+        "fp32",
+    ]);
     let m = eval(&["eval", "--model", merged.to_str().unwrap(), "--data", d]);
-    assert!((m - adapted).abs() < 1e-4, "merged {m} vs adapter {adapted}");
+    assert!(
+        (m - adapted).abs() < 1e-4,
+        "merged {m} vs adapter {adapted}"
+    );
 }

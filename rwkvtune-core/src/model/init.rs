@@ -177,6 +177,7 @@ impl Rwkv7 {
                 vocab_size: v as usize,
             },
             config: config.clone(),
+            grad_checkpointing: false,
         };
         if device == Device::Cpu && kind == Kind::Float {
             return Ok(model);

@@ -11,6 +11,7 @@
 //! are always fp32 (bf16 state accumulation drifts within a few hundred tokens).
 
 mod init;
+mod shallow;
 mod state;
 mod weights;
 
@@ -157,6 +158,9 @@ pub struct Rwkv7 {
     pub dims: ModelDims,
     /// The hub `config.json` this model was loaded with (dimensions agree with `dims`).
     pub config: ModelConfig,
+    /// Recompute each block in the backward pass instead of storing its activations
+    /// (`grad_cp = 1`): about one extra forward, far less memory.
+    pub grad_checkpointing: bool,
 }
 
 /// Token shift: the previous token's value for every position, seeded by the carried `prev`.
@@ -260,6 +264,91 @@ impl ChannelMix {
     }
 }
 
+impl Block {
+    /// One residual block: x + TimeMix(LN1 x), then + ChannelMix(LN2 x); ln0 first in block 0.
+    fn forward(
+        &self,
+        x: &Tensor,
+        v_first: &mut Option<Tensor>,
+        ls: &LayerState,
+        dims: &ModelDims,
+    ) -> Result<(Tensor, LayerState)> {
+        let x = match &self.ln0 {
+            Some(ln0) => ln0.forward(x),
+            None => x.shallow_clone(),
+        };
+        let (att, att_x, att_kv) = self.att.forward(&self.ln1.forward(&x), v_first, ls, dims)?;
+        let x = x + att;
+        let (ffn, ffn_x) = self.ffn.forward(&self.ln2.forward(&x), &ls.ffn_x);
+        Ok((
+            x + ffn,
+            LayerState {
+                att_x,
+                att_kv,
+                ffn_x,
+            },
+        ))
+    }
+}
+
+/// A block under activation checkpointing: only its inputs are kept for backward, which runs it
+/// again. The closure owns a shallow copy of the block, so the graph never borrows the model.
+fn checkpointed_block(
+    blk: &Block,
+    x: &Tensor,
+    v_first: &mut Option<Tensor>,
+    ls: &LayerState,
+    dims: &ModelDims,
+) -> Result<(Tensor, LayerState)> {
+    let own = blk.shallow();
+    let dims = *dims;
+    let defines_v_first = v_first.is_none();
+    // A leaf that requires grad: without one, a block whose inputs are all frozen (LoRA with a
+    // frozen embedding) would record no node and its parameters would get no gradient.
+    let anchor = Tensor::zeros([], (Kind::Float, x.device())).set_requires_grad(true);
+    let mut inputs = vec![x, &ls.att_x, &ls.att_kv, &ls.ffn_x, &anchor];
+    if let Some(v) = v_first.as_ref() {
+        inputs.push(v);
+    }
+    let outs = rwkvtune_kernels::checkpoint(
+        move |ins: &[Tensor]| {
+            let state = LayerState {
+                att_x: ins[1].shallow_clone(),
+                att_kv: ins[2].shallow_clone(),
+                ffn_x: ins[3].shallow_clone(),
+            };
+            let mut vf = ins.get(5).map(Tensor::shallow_clone);
+            let (y, s) = own
+                .forward(&ins[0], &mut vf, &state, &dims)
+                .map_err(|e| e.to_string())?;
+            let mut out = vec![y, s.att_x, s.att_kv, s.ffn_x];
+            if defines_v_first {
+                out.extend(vf);
+            }
+            Ok(out)
+        },
+        &inputs,
+    )?;
+    let mut outs = outs.into_iter();
+    let mut next = || {
+        outs.next().ok_or_else(|| {
+            Error::InvalidArgument("checkpointed block returned too few outputs".into())
+        })
+    };
+    let (y, att_x, att_kv, ffn_x) = (next()?, next()?, next()?, next()?);
+    if defines_v_first {
+        *v_first = Some(next()?);
+    }
+    Ok((
+        y,
+        LayerState {
+            att_x,
+            att_kv,
+            ffn_x,
+        },
+    ))
+}
+
 impl Rwkv7 {
     pub fn device(&self) -> Device {
         self.emb.device()
@@ -304,20 +393,13 @@ impl Rwkv7 {
         let mut v_first = None;
         let mut layers = Vec::with_capacity(self.blocks.len());
         for (blk, ls) in self.blocks.iter().zip(&state.layers) {
-            if let Some(ln0) = &blk.ln0 {
-                x = ln0.forward(&x);
-            }
-            let (att, att_x, att_kv) =
-                blk.att
-                    .forward(&blk.ln1.forward(&x), &mut v_first, ls, &self.dims)?;
-            x = x + att;
-            let (ffn, ffn_x) = blk.ffn.forward(&blk.ln2.forward(&x), &ls.ffn_x);
-            x = x + ffn;
-            layers.push(LayerState {
-                att_x,
-                att_kv,
-                ffn_x,
-            });
+            let (y, s) = if self.grad_checkpointing {
+                checkpointed_block(blk, &x, &mut v_first, ls, &self.dims)?
+            } else {
+                blk.forward(&x, &mut v_first, ls, &self.dims)?
+            };
+            x = y;
+            layers.push(s);
         }
         if let Some(keep) = logits_to_keep {
             if keep < t {

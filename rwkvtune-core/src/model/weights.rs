@@ -276,6 +276,7 @@ impl Rwkv7 {
             head,
             dims,
             config,
+            grad_checkpointing: false,
         })
     }
 

@@ -80,12 +80,22 @@ pub fn write_model_dir(
         (Some(_), _) => (true, false),
     };
     if full {
-        let tensors = if lora.is_some() { merged_tensors(model, None) } else { model.named_tensors() };
+        let tensors = if lora.is_some() {
+            merged_tensors(model, None)
+        } else {
+            model.named_tensors()
+        };
         write_weights(&dir.join(format.file_name()), &tensors, format)?;
         write_json(&dir.join("config.json"), &model.config.to_json())?;
     }
     if let (true, Some(layout)) = (adapter, lora) {
-        save_adapter(model, layout, dir, format, cfg.base_model.as_deref().map(Path::new))?;
+        save_adapter(
+            model,
+            layout,
+            dir,
+            format,
+            cfg.base_model.as_deref().map(Path::new),
+        )?;
     }
     tokenizer.save_pretrained(dir)?;
     Ok(())
@@ -124,9 +134,17 @@ pub fn save(proj_dir: &Path, snap: &Snapshot) -> Result<PathBuf> {
         let sd = stage.join(STATE_DIR);
         std::fs::create_dir_all(&sd).map_err(|e| Error::io(&sd, e))?;
         if snap.state.has_optimizer_state {
-            write_weights(&sd.join(OPTIMIZER_FILE), &snap.optimizer, WeightFormat::Safetensors)?;
+            write_weights(
+                &sd.join(OPTIMIZER_FILE),
+                &snap.optimizer,
+                WeightFormat::Safetensors,
+            )?;
         }
-        write_weights(&sd.join(TRAINABLE_FILE), &snap.trainable, WeightFormat::Safetensors)?;
+        write_weights(
+            &sd.join(TRAINABLE_FILE),
+            &snap.trainable,
+            WeightFormat::Safetensors,
+        )?;
         let value = serde_json::to_value(&snap.state)
             .map_err(|e| Error::json(sd.join(STATE_FILE), e.to_string()))?;
         write_json(&sd.join(STATE_FILE), &value)
@@ -207,7 +225,11 @@ pub fn load(dir: &Path) -> Result<Restored> {
         .then(|| read_weights(&sd.join(OPTIMIZER_FILE)))
         .transpose()?;
     let trainable = read_weights(&sd.join(TRAINABLE_FILE))?;
-    Ok(Restored { state, optimizer, trainable })
+    Ok(Restored {
+        state,
+        optimizer,
+        trainable,
+    })
 }
 
 /// Removes staging directories left by a killed run.

@@ -108,7 +108,7 @@ impl TrainConfig {
             train_type: "normal".into(),
             chunk_ctx: 512,
             truncated_bptt: true,
-            grad_cp: 0,
+            grad_cp: 1,
             lr_init: 3e-4,
             lr_final: 1e-5,
             warmup_steps: 50,
@@ -272,10 +272,15 @@ impl TrainConfig {
             return bad("beta1, beta2 must be in [0, 1) and adam_eps > 0".into());
         }
         if !matches!(self.lora_save_mode.as_str(), "lora_only" | "full" | "both") {
-            return bad(format!("lora_save_mode `{}`: use lora_only, full or both", self.lora_save_mode));
+            return bad(format!(
+                "lora_save_mode `{}`: use lora_only, full or both",
+                self.lora_save_mode
+            ));
         }
         if self.use_lora {
-            self.lora.validate().map_err(|e| Error::InvalidArgument(format!("config: lora: {e}")))?;
+            self.lora
+                .validate()
+                .map_err(|e| Error::InvalidArgument(format!("config: lora: {e}")))?;
         }
         if self.weight_decay < 0.0 || self.grad_clip < 0.0 {
             return bad("weight_decay and grad_clip must be >= 0".into());

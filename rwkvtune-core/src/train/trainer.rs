@@ -169,11 +169,12 @@ impl Trainer {
         } else {
             None
         };
-        if config.grad_cp != 0 {
+        if config.grad_cp == 1 && config.use_lora && config.lora.lora_dropout > 0.0 {
             return Err(Error::InvalidArgument(
-                "grad_cp = 1 (per-block activation checkpointing) is not available yet; set grad_cp = 0".into(),
+                "grad_cp = 1 recomputes blocks in backward, which would draw new LoRA dropout masks; set lora.lora_dropout = 0 or grad_cp = 0".into(),
             ));
         }
+        model.grad_checkpointing = config.grad_cp == 1;
         Ok(Trainer {
             config,
             model,
@@ -420,7 +421,9 @@ impl Trainer {
                 .iter()
                 .enumerate()
                 .map(|(i, (n, t))| {
-                    let w = master.get(i).map_or_else(|| t.detach().to_kind(Kind::Float), |m| m.shallow_clone());
+                    let w = master
+                        .get(i)
+                        .map_or_else(|| t.detach().to_kind(Kind::Float), |m| m.shallow_clone());
                     (n.clone(), w)
                 })
                 .collect(),

@@ -304,3 +304,41 @@ fn config_and_data_mismatch_on_resume_is_refused() {
     assert!(err.contains("data") && err.contains("rwkv7-"), "{err}");
     let _ = Task::Sft;
 }
+
+#[test]
+fn gradient_checkpointing_gives_the_same_gradients() {
+    let (b, t) = (2usize, 24usize);
+    let ids: Vec<i64> = (0..b * t)
+        .map(|i| ((i * 53 + 7) % 999) as i64 + 1)
+        .collect();
+    let labels: Vec<i64> = ids.iter().map(|i| (i * 11) % 1000).collect();
+    let batch = Batch {
+        input_ids: ids,
+        labels,
+        batch: b,
+        seq_len: t,
+        example_indices: vec![0, 1],
+        lengths: vec![t, t],
+    };
+    for infctx in [false, true] {
+        let mut cfg = TrainConfig::sft();
+        if infctx {
+            (cfg.train_type, cfg.chunk_ctx, cfg.truncated_bptt) = ("infctx".into(), 10, false);
+        }
+        let mut model = small_model();
+        reset(&model);
+        let plain = forward_backward(&model, &batch, &cfg, 1.0).unwrap();
+        let g_plain = grads_of(&model);
+        model.grad_checkpointing = true;
+        reset(&model);
+        let ck = forward_backward(&model, &batch, &cfg, 1.0).unwrap();
+        assert_eq!(plain.loss, ck.loss);
+        for ((name, a), (_, c)) in g_plain.iter().zip(&grads_of(&model)) {
+            let d = max_abs_diff(a, c);
+            assert!(
+                d <= 1e-6 * a.abs().max().double_value(&[]).max(1e-12),
+                "{name} (infctx {infctx}): {d:e}"
+            );
+        }
+    }
+}
