@@ -23,8 +23,17 @@ function keywordList(value, where) {
   throw `${where} must be a string or an array of strings`;
 }
 
-function escapeRegExp(s) {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+// Letters, digits and '_' (any non-ASCII character counts as a letter). Hand-written because
+// StarlingMonkey is built without ICU: Unicode property escapes such as \p{L} do not work.
+function isWordChar(ch) {
+  return ch !== undefined && (/[0-9A-Za-z_]/.test(ch) || ch.charCodeAt(0) > 127);
+}
+
+function containsWord(text, word) {
+  for (let i = text.indexOf(word); i !== -1; i = text.indexOf(word, i + 1)) {
+    if (!isWordChar(text[i - 1]) && !isWordChar(text[i + word.length])) return true;
+  }
+  return false;
 }
 
 function fraction(text, keywords) {
@@ -32,16 +41,25 @@ function fraction(text, keywords) {
   let hits = 0;
   for (let k of keywords) {
     if (!CONFIG.caseSensitive) k = k.toLowerCase();
-    const found = CONFIG.wholeWord
-      ? new RegExp(`(^|[^\\p{L}\\p{N}_])${escapeRegExp(k)}($|[^\\p{L}\\p{N}_])`, 'u').test(text)
-      : text.includes(k);
-    if (found) hits += 1;
+    if (CONFIG.wholeWord ? containsWord(text, k) : text.includes(k)) hits += 1;
   }
   return hits / keywords.length;
 }
 
+// componentize-js turns a thrown string into `err(string)`; anything else (an Error object from a
+// bug or from JSON.parse) would abort the component, so convert it.
+function stringErrors(f) {
+  return (...args) => {
+    try {
+      return f(...args);
+    } catch (e) {
+      throw typeof e === 'string' ? e : String(e);
+    }
+  };
+}
+
 export const reward = {
-  init(config) {
+  init: stringErrors((config) => {
     let c;
     try {
       c = JSON.parse(config);
@@ -61,9 +79,9 @@ export const reward = {
       version: '0.1.0',
       description: 'fraction of keywords (config or per-row column) present in the completion',
     };
-  },
+  }),
 
-  computeRewards(batch) {
+  computeRewards: stringErrors((batch) => {
     const { completions, extras } = batch;
     const out = new Array(completions.length);
     for (let i = 0; i < completions.length; i++) {
@@ -85,5 +103,5 @@ export const reward = {
       out[i] = keywords.length === 0 ? undefined : fraction(completions[i], keywords);
     }
     return out;
-  },
+  }),
 };

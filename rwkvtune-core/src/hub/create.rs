@@ -5,12 +5,12 @@
 //! config, vocabulary parsed), and the directory is assembled in a staging folder that is renamed
 //! into place, so a failure leaves no half-made model behind.
 
-use super::{read_weights, write_json, write_weights, WeightFormat};
+use super::{dir_is_empty, read_weights, write_dir_atomically, write_json, write_weights, WeightFormat};
 use crate::config::{preset, GenerationConfig, ModelConfig};
 use crate::error::{Error, Result};
 use crate::model::Rwkv7;
 use crate::tokenizer::WorldTokenizer;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tch::{Device, Kind};
 
 /// The flags of `rwkvtune create-hub` (same names and defaults as the Python tool).
@@ -167,21 +167,7 @@ pub fn create_hub(opts: &CreateHubOptions) -> Result<CreatedHub> {
     let mut config = model.config.clone();
     config.eos_token_id = eos_id;
 
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let stage = parent.join(format!(
-        ".{}.staging-{}",
-        out.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&stage);
-    std::fs::create_dir_all(&stage).map_err(|e| Error::io(&stage, e))?;
-    let result = (|| {
+    write_dir_atomically(out, opts.overwrite, |stage| {
         let weights = stage.join(opts.save_format.file_name());
         match &source_format {
             Some((src, fmt, _)) if *fmt == opts.save_format && opts.link_weights => {
@@ -238,39 +224,12 @@ pub fn create_hub(opts: &CreateHubOptions) -> Result<CreatedHub> {
             &stage.join("README.md"),
             readme(opts, &config, model.num_parameters()).as_bytes(),
         )
-    })();
-    if let Err(e) = result.and_then(|_| publish(&stage, out)) {
-        let _ = std::fs::remove_dir_all(&stage);
-        return Err(e);
-    }
+    })?;
     Ok(CreatedHub {
         dir: out.clone(),
         parameters: model.num_parameters(),
         config,
     })
-}
-
-pub(crate) fn dir_is_empty(p: &Path) -> bool {
-    std::fs::read_dir(p)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(false)
-}
-
-/// Moves the staged files into `out`: one rename of the whole folder when `out` is new or empty,
-/// else file by file (each rename atomic) so files already there but not ours survive.
-pub(crate) fn publish(stage: &Path, out: &Path) -> Result<()> {
-    if out.exists() && dir_is_empty(out) {
-        std::fs::remove_dir(out).map_err(|e| Error::io(out, e))?;
-    }
-    if !out.exists() {
-        return std::fs::rename(stage, out).map_err(|e| Error::io(out, e));
-    }
-    for entry in std::fs::read_dir(stage).map_err(|e| Error::io(stage, e))? {
-        let entry = entry.map_err(|e| Error::io(stage, e))?;
-        let dst = out.join(entry.file_name());
-        std::fs::rename(entry.path(), &dst).map_err(|e| Error::io(&dst, e))?;
-    }
-    std::fs::remove_dir(stage).map_err(|e| Error::io(stage, e))
 }
 
 fn readme(opts: &CreateHubOptions, cfg: &ModelConfig, params: i64) -> String {

@@ -137,6 +137,55 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Builds directory `out` atomically: `fill` writes into a hidden staging directory beside it
+/// (same filesystem), which is then published with renames. With `merge_into_existing`, files go
+/// into an existing `out` one rename each and other files there are kept (`--overwrite`);
+/// otherwise an existing `out` is replaced whole. On any error the staging directory is removed
+/// and `out` is untouched.
+pub fn write_dir_atomically(out: &Path, merge_into_existing: bool, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stage = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(&stage).map_err(|e| Error::io(&stage, e))?;
+    let result = fill(&stage).and_then(|_| publish(&stage, out, merge_into_existing));
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&stage);
+    }
+    result
+}
+
+fn publish(stage: &Path, out: &Path, merge_into_existing: bool) -> Result<()> {
+    let empty = std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
+    if out.exists() && (empty || !merge_into_existing) {
+        // Moved aside first, so the swap is two renames and a crash leaves one of the two whole.
+        let old = out.with_file_name(format!(
+            ".{}.old-{}",
+            out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            std::process::id()
+        ));
+        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
+        std::fs::rename(stage, out).map_err(|e| Error::io(out, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+        return Ok(());
+    }
+    if !out.exists() {
+        return std::fs::rename(stage, out).map_err(|e| Error::io(out, e));
+    }
+    for entry in std::fs::read_dir(stage).map_err(|e| Error::io(stage, e))? {
+        let entry = entry.map_err(|e| Error::io(stage, e))?;
+        let dst = out.join(entry.file_name());
+        std::fs::rename(entry.path(), &dst).map_err(|e| Error::io(&dst, e))?;
+    }
+    std::fs::remove_dir(stage).map_err(|e| Error::io(stage, e))
+}
+
+/// Whether `p` is an existing, empty directory.
+pub(crate) fn dir_is_empty(p: &Path) -> bool {
+    std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(false)
+}
+
 /// Writes pretty JSON atomically.
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let mut text =

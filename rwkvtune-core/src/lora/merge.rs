@@ -9,7 +9,7 @@ use super::adapter_io::{apply_adapter, read_adapter};
 use super::peft::merge_adapters;
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::{Error, Result};
-use crate::hub::create::{dir_is_empty, publish};
+use crate::hub::{dir_is_empty, write_dir_atomically};
 use crate::hub::{read_weights, write_json, write_weights, ModelFiles, WeightFormat};
 use crate::model::Rwkv7;
 use crate::tokenizer::AutoTokenizer;
@@ -160,22 +160,8 @@ pub fn merge_lora(opts: &MergeOptions) -> Result<MergeReport> {
         },
     };
 
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let stage = parent.join(format!(
-        ".{}.staging-{}",
-        out.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&stage);
-    std::fs::create_dir_all(&stage).map_err(|e| Error::io(&stage, e))?;
     let weight_file = opts.save_format.file_name();
-    let result = (|| {
+    write_dir_atomically(out, false, |stage| {
         for (name, src, _) in &carried {
             let dst = stage.join(name);
             std::fs::copy(src, &dst).map_err(|e| Error::io(&dst, e))?;
@@ -217,11 +203,7 @@ pub fn merge_lora(opts: &MergeOptions) -> Result<MergeReport> {
                 "version": env!("CARGO_PKG_VERSION"),
             }),
         )
-    })();
-    if let Err(e) = result.and_then(|_| publish(&stage, out)) {
-        let _ = std::fs::remove_dir_all(&stage);
-        return Err(e);
-    }
+    })?;
     Ok(MergeReport {
         output: out.clone(),
         weights: out.join(weight_file),

@@ -9,7 +9,7 @@
 use super::config::TrainConfig;
 use crate::data::{Batcher, Cursor};
 use crate::error::{Error, Result};
-use crate::hub::{read_weights, write_json, write_weights, WeightFormat};
+use crate::hub::{read_weights, write_dir_atomically, write_json, write_weights, WeightFormat};
 use crate::lora::{merged_tensors, save_adapter, LoraLayout};
 use crate::model::Rwkv7;
 use crate::tokenizer::AutoTokenizer;
@@ -101,35 +101,11 @@ pub fn write_model_dir(
     Ok(())
 }
 
-/// Builds `dir` atomically: `fill` writes into a staging directory that then replaces `dir`.
-pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stage = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&stage);
-    std::fs::create_dir_all(&stage).map_err(|e| Error::io(&stage, e))?;
-    if let Err(e) = fill(&stage) {
-        let _ = std::fs::remove_dir_all(&stage);
-        return Err(e);
-    }
-    // Replacing an existing directory: move it aside first so the swap is two renames.
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::rename(&stage, dir).map_err(|e| Error::io(dir, e))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
-}
-
 /// Saves checkpoint `snap.state.name` under `proj_dir`, then applies `save_total_limit`.
 pub fn save(proj_dir: &Path, snap: &Snapshot) -> Result<PathBuf> {
     let dir = proj_dir.join(&snap.state.name);
     let cfg = &snap.state.config;
-    write_dir_atomically(&dir, |stage| {
+    write_dir_atomically(&dir, false, |stage| {
         write_model_dir(stage, snap.model, snap.tokenizer, cfg, snap.lora)?;
         let sd = stage.join(STATE_DIR);
         std::fs::create_dir_all(&sd).map_err(|e| Error::io(&sd, e))?;

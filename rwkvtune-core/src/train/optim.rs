@@ -81,15 +81,22 @@ impl AdamW {
             if p.weight_decay != 0.0 {
                 w *= 1.0 - lr * p.weight_decay;
             }
+            // In-place updates with two temporaries per tensor (g², the denominator): the
+            // optimizer touches every parameter each step, so allocations here cost throughput.
             let m = &mut self.exp_avg[i];
-            *m *= self.beta1;
-            *m += &g * (1.0 - self.beta1);
+            let _ = m.lerp_(&g, 1.0 - self.beta1);
             let v = &mut self.exp_avg_sq[i];
-            *v *= self.beta2;
-            *v += &g * &g * (1.0 - self.beta2);
-            let denom = v.sqrt() / bc2_sqrt + self.eps;
-            let update = (&*m / denom) * (lr / bc1);
-            w -= update.to_kind(w.kind());
+            let _ = v.lerp_(&g.square(), 1.0 - self.beta2);
+            // w -= (lr / bc1) · m / (√v / √bc2 + eps), as PyTorch orders it.
+            let mut denom = v.sqrt();
+            denom /= bc2_sqrt;
+            denom += self.eps;
+            denom *= -bc1 / lr;
+            if w.kind() == Kind::Float {
+                let _ = w.addcdiv_(m, &denom);
+            } else {
+                w += (&*m / &denom).to_kind(w.kind());
+            }
         }
     }
 
@@ -157,15 +164,11 @@ pub fn clip_grad_norm(params: &[OptimParam], max_norm: f64) -> f64 {
 /// `max_norm <= 0` only measures.
 pub fn clip_grads(grads: &[Tensor], max_norm: f64) -> f64 {
     let _guard = tch::no_grad_guard();
+    // Per-tensor norms in the gradient's own precision, their squares summed in f64.
     let total: f64 = grads
         .iter()
         .filter(|g| g.defined())
-        .map(|g| {
-            g.to_kind(Kind::Double)
-                .square()
-                .sum(Kind::Double)
-                .double_value(&[])
-        })
+        .map(|g| g.to_kind(Kind::Float).norm().double_value(&[]).powi(2))
         .sum::<f64>()
         .sqrt();
     if max_norm > 0.0 && total.is_finite() {

@@ -387,7 +387,7 @@ impl Trainer {
         if self.lora.is_some() {
             crate::lora::set_training(&mut self.model, false);
         }
-        checkpoint::write_dir_atomically(&final_dir, |d| {
+        crate::hub::write_dir_atomically(&final_dir, false, |d| {
             checkpoint::write_model_dir(d, &self.model, &self.tokenizer, &cfg, self.lora.as_ref())
         })?;
         log.event(format!("final model: {}", final_dir.display()));
