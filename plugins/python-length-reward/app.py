@@ -18,6 +18,7 @@ Config (JSON, all optional): {"target": 256, "unit": "tokens", "ngram": 4,
 """
 
 import json
+from itertools import compress
 
 from componentize_py_types import Err
 from wit_world import exports
@@ -43,25 +44,16 @@ def _number(cfg, key, minimum):
 
 
 def _repeated(units, n):
-    total = len(units) - n + 1
-    if total <= 0:
+    # n-grams built and counted in C (zip/set): the repeats are the n-grams minus the distinct ones.
+    grams = list(zip(*(units[k:] for k in range(n))))
+    if not grams:
         return 0.0
-    seen = set()
-    repeats = 0
-    for i in range(total):
-        gram = tuple(units[i : i + n])
-        if gram in seen:
-            repeats += 1
-        else:
-            seen.add(gram)
-    return repeats / total
+    return (len(grams) - len(set(grams))) / len(grams)
 
 
-def _row_ids(tokens, i):
-    start = i * tokens.cols
-    ids = tokens.ids[start : start + tokens.cols]
-    mask = tokens.mask[start : start + tokens.cols]
-    return [t for t, m in zip(ids, mask) if m]
+def _row_ids(ids, mask, cols, i):
+    start = i * cols
+    return list(compress(ids[start : start + cols], mask[start : start + cols]))
 
 
 class Reward(exports.Reward):
@@ -96,6 +88,7 @@ class Reward(exports.Reward):
         unit, n, weight = _cfg["unit"], _cfg["ngram"], _cfg["repetition_weight"]
         column = _cfg["column"]
         needle = json.dumps(column)
+        ids, mask, cols = batch.tokens.ids, batch.tokens.mask, batch.tokens.cols
         out = []
         for i, text in enumerate(batch.completions):
             target = _cfg["target"]
@@ -111,7 +104,7 @@ class Reward(exports.Reward):
                         raise Err(f"row {i}: column `{column}` must be a number >= 1")
                     target = float(value)
             if unit == "tokens":
-                units = _row_ids(batch.tokens, i)
+                units = _row_ids(ids, mask, cols, i)
                 length = len(units)
             else:
                 units = text.lower().split()

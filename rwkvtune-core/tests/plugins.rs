@@ -630,18 +630,24 @@ fn cached_runtime() -> PluginRuntime {
     .unwrap()
 }
 
-/// Loads a component twice: the second load must come from the cache and take milliseconds.
+/// Loads a component twice: the second load must come from the cache (no wall-clock bound: a
+/// cache hit reads and hashes 12–18 MB, tens of milliseconds on an idle machine but seconds on a
+/// saturated one).
 fn assert_cached(rt: &PluginRuntime, path: &std::path::Path) {
     let first = rt.load(path).unwrap();
     let second = rt.load(path).unwrap();
-    assert_eq!(second.cache, CacheOutcome::Hit, "{}", path.display());
-    assert!(
-        second.load_time < Duration::from_secs(2),
-        "cached load of {} took {:?} (first: {:?}, {:?})",
+    assert_eq!(
+        second.cache,
+        CacheOutcome::Hit,
+        "{}: the compiled-component cache was not used",
+        path.display()
+    );
+    eprintln!(
+        "{}: first load {:?} ({:?}), second load {:?} (cache hit)",
         path.display(),
-        second.load_time,
         first.load_time,
-        first.cache
+        first.cache,
+        second.load_time
     );
     assert_eq!(second.roles, [(Role::Reward, WitVersion::V0_1_0)]);
 }

@@ -5,7 +5,9 @@
 //! config, vocabulary parsed), and the directory is assembled in a staging folder that is renamed
 //! into place, so a failure leaves no half-made model behind.
 
-use super::{dir_is_empty, read_weights, write_dir_atomically, write_json, write_weights, WeightFormat};
+use super::{
+    dir_is_empty, read_weights, write_dir_atomically, write_json, write_weights, WeightFormat,
+};
 use crate::config::{preset, GenerationConfig, ModelConfig};
 use crate::error::{Error, Result};
 use crate::model::Rwkv7;

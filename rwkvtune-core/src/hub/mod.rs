@@ -142,10 +142,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// into an existing `out` one rename each and other files there are kept (`--overwrite`);
 /// otherwise an existing `out` is replaced whole. On any error the staging directory is removed
 /// and `out` is untouched.
-pub fn write_dir_atomically(out: &Path, merge_into_existing: bool, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+pub fn write_dir_atomically(
+    out: &Path,
+    merge_into_existing: bool,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let stage = parent.join(format!(".{name}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&stage);
     std::fs::create_dir_all(&stage).map_err(|e| Error::io(&stage, e))?;
@@ -157,12 +167,16 @@ pub fn write_dir_atomically(out: &Path, merge_into_existing: bool, fill: impl Fn
 }
 
 fn publish(stage: &Path, out: &Path, merge_into_existing: bool) -> Result<()> {
-    let empty = std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
+    let empty = std::fs::read_dir(out)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false);
     if out.exists() && (empty || !merge_into_existing) {
         // Moved aside first, so the swap is two renames and a crash leaves one of the two whole.
         let old = out.with_file_name(format!(
             ".{}.old-{}",
-            out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            out.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             std::process::id()
         ));
         std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
@@ -183,7 +197,9 @@ fn publish(stage: &Path, out: &Path, merge_into_existing: bool) -> Result<()> {
 
 /// Whether `p` is an existing, empty directory.
 pub(crate) fn dir_is_empty(p: &Path) -> bool {
-    std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(false)
+    std::fs::read_dir(p)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false)
 }
 
 /// Writes pretty JSON atomically.
