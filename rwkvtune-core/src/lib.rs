@@ -1,8 +1,11 @@
-//! rwkvtune-core: RWKV-7 ("x070") on libtorch — model, tokenizer, model hub I/O and generation.
+//! rwkvtune-core: RWKV-7 ("x070") on libtorch — model, tokenizer, model hub I/O, generation,
+//! supervised training, LoRA and sandboxed WebAssembly reward plugins.
 //!
-//! Data flows: hub directory → [`hub`] (weights, config) → [`model::Rwkv7`] ← [`tokenizer`] ids →
-//! logits → [`generate`] sampling. The wkv7 recurrence itself lives in the `rwkvtune-kernels`
-//! crate (a C++ autograd op).
+//! Inference: hub directory → [`hub`] (weights, config) → [`model::Rwkv7`] ← [`tokenizer`] ids →
+//! logits → [`generate`] sampling. Training: [`data`] → [`train`] (loss, AdamW, the loop,
+//! checkpoints) → [`metrics`]; [`lora`] attaches adapters inside the model's linear layers;
+//! [`plugin`] runs reward functions behind the `RewardFn` trait. The wkv7 recurrence and the
+//! activation-checkpoint Function live in the `rwkvtune-kernels` crate (C++ autograd ops).
 
 pub mod config;
 pub mod data;
