@@ -342,3 +342,60 @@ fn gradient_checkpointing_gives_the_same_gradients() {
         }
     }
 }
+
+#[test]
+fn mixed_precision_keeps_fp32_masters_and_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_path = tmp.path().join("rows.jsonl");
+    write_rows(&data_path, 8, 16, 5);
+    let ds = dataset(&data_path, 32);
+    for precision in ["bf16", "fp16"] {
+        let proj = tmp.path().join(precision);
+        let mut c = config(&proj);
+        (
+            c.precision,
+            c.epoch_count,
+            c.save_every_n_batches,
+            c.lr_init,
+        ) = (precision.into(), 2, 0, 3e-3);
+        let mut t = Trainer::new(c, small_model(), AutoTokenizer::builtin(), ds.clone()).unwrap();
+        t.progress = false;
+        let want = if precision == "bf16" {
+            Kind::BFloat16
+        } else {
+            Kind::Half
+        };
+        assert_eq!(t.model.kind(), want);
+        let out = t.train().unwrap();
+        assert_eq!(out.skipped_steps, 0, "{precision}");
+        let losses: Vec<f64> = std::fs::read_to_string(proj.join("loss_data.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            losses.iter().all(|l| l.is_finite()),
+            "{precision}: {losses:?}"
+        );
+        assert!(
+            losses.last().unwrap() < losses.first().unwrap(),
+            "{precision}: {losses:?}"
+        );
+        // The hub weights are in the training dtype; the trainer state keeps fp32 masters.
+        let saved = rwkvtune_core::hub::read_weights(&proj.join("rwkv7-epoch2/model.pth")).unwrap();
+        assert!(saved.iter().all(|(_, t)| t.kind() == want));
+        let masters = rwkvtune_core::hub::read_weights(
+            &proj.join("rwkv7-epoch2/trainer_state/trainable.safetensors"),
+        )
+        .unwrap();
+        assert!(masters.iter().all(|(_, t)| t.kind() == Kind::Float));
+        if precision == "fp16" {
+            let line = std::fs::read_to_string(proj.join("loss_data.jsonl")).unwrap();
+            assert!(line.contains("loss_scale"), "fp16 logs its loss scale");
+        }
+    }
+}
