@@ -32,12 +32,9 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 80)]
     pub pretrain_steps: usize,
     /// Optimizer steps of SFT.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 160)]
     pub sft_steps: usize,
-    #[arg(
-        long,
-        default_value = "User: What is the capital of Peru?\n\nAssistant:"
-    )]
+    #[arg(long, default_value = "User: What is 4 + 3?\n\nAssistant:")]
     pub prompt: String,
     #[arg(long, default_value_t = 24)]
     pub max_new_tokens: usize,
@@ -191,8 +188,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let before = evaluate(&model, &sft_eval, 8)?;
     let mut cfg = TrainConfig::sft();
     cfg.proj_dir = out.join("sft-lora").display().to_string();
-    (cfg.ctx_len, cfg.micro_bsz, cfg.epoch_count, cfg.epoch_steps) =
-        (64, 8, 2, Some(a.sft_steps.div_ceil(2)));
+    (cfg.ctx_len, cfg.micro_bsz) = (64, 8);
+    // Whole epochs over the instructions, as many as the requested steps need.
+    cfg.epoch_count = a.sft_steps.div_ceil((sft_ds.len() / 8).max(1));
     (cfg.lr_init, cfg.lr_final, cfg.warmup_steps, cfg.seed) = (3e-3, 3e-4, 5, a.seed);
     (cfg.use_lora, cfg.lora.r, cfg.lora.lora_alpha) = (true, 32, 64.0);
     cfg.base_model = Some(pretrained.display().to_string());
