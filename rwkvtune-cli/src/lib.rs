@@ -37,7 +37,7 @@ pub enum Command {
     MergeLora(cmd::merge_lora::MergeLoraArgs),
     /// Measure forward and decode throughput of a model.
     Bench(cmd::bench::BenchArgs),
-    /// The built-in demo: create a small model, run it, print text and timings.
+    /// The built-in demo: fresh model, pre-training, LoRA SFT, merge, generation, with timings.
     Demo(cmd::demo::DemoArgs),
     /// Supervised fine-tuning on prompt/completion, chat or pre-tokenized data.
     Sft(cmd::train::TrainArgs),
