@@ -158,6 +158,22 @@ def corpus(rng, n_docs):
     return docs
 
 
+def grpo_prompts(rng, n):
+    """Arithmetic questions of the SFT distribution with their answers, for GRPO with an
+    exact-match reward (`ground_truth` is what the math-reward plugin compares with)."""
+    rows = []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            a, b = rng.randrange(0, 20), rng.randrange(0, 20)
+            q, ans = f"What is {a} + {b}?", a + b
+        else:
+            a = rng.randrange(1, 20)
+            b = rng.randrange(0, a + 1)
+            q, ans = f"What is {a} - {b}?", a - b
+        rows.append({"prompt": prompt(q), "ground_truth": str(ans)})
+    return rows
+
+
 def write_jsonl(name, rows):
     with open(OUT / name, "w", encoding="utf-8") as f:
         for r in rows:
@@ -170,6 +186,7 @@ def main():
     write_jsonl("sft_chat.jsonl", chat_sample(random.Random(3), 40))
     write_jsonl("pretrain_train.jsonl", corpus(random.Random(4), 600))
     write_jsonl("pretrain_eval.jsonl", corpus(random.Random(5), 60))
+    write_jsonl("grpo_arith.jsonl", grpo_prompts(random.Random(6), 64))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ pub enum Command {
     Tokenize(cmd::tokenize::TokenizeArgs),
     /// Print the text of a list of token ids.
     Detokenize(cmd::tokenize::DetokenizeArgs),
-    /// Generate text from a prompt, streaming it, and report prefill/decode speed.
+    /// Generate text from a prompt (streamed), or batched from a JSONL of prompts.
     Generate(cmd::generate::GenerateArgs),
     /// Package weights (or a fresh model from a config name) as a model-hub directory.
     CreateHub(cmd::create_hub::CreateHubArgs),
@@ -50,6 +50,8 @@ pub enum Command {
     Plugin(cmd::plugin::PluginCommand),
     /// Score a JSONL of samples with a reward plugin, offline.
     Reward(cmd::plugin::RewardArgs),
+    /// Reinforcement learning (GRPO) with rewards from WebAssembly plugins.
+    Grpo(cmd::grpo::GrpoArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -70,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => cmd::train::run_eval(a),
         Command::Plugin(c) => cmd::plugin::run(c),
         Command::Reward(a) => cmd::plugin::run_reward(a),
+        Command::Grpo(a) => cmd::grpo::run(a),
     }
 }
 

@@ -41,6 +41,9 @@ pub enum Error {
     Data(#[from] crate::data::DataError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// A reward function or post-processor failed under `on_error = abort`, or was misconfigured.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugin::PluginError),
     #[error("wkv7 kernel: {0}")]
     Kernel(#[from] rwkvtune_kernels::KernelError),
     #[error("libtorch: {0}")]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod generate;
+pub mod grpo;
 pub mod hub;
 pub mod lora;
 pub mod metrics;

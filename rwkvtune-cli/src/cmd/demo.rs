@@ -3,18 +3,25 @@
 //!
 //! fresh model → pre-training from scratch (loss vs. the corpus's unigram entropy) → LoRA SFT on
 //! instructions (held-out loss before/after) → merge the adapter → generation with the merged
-//! model, with timings.
+//! model → GRPO on arithmetic with an exact-match reward (mean reward of the first and last
+//! rollouts), with timings.
 
 use anyhow::{Context, Result};
 use clap::Args;
 use rwkvtune_core::data::{load_dataset, DataOptions, Dataset};
 use rwkvtune_core::generate::{generate, GenerateOptions, SamplingParams};
+use rwkvtune_core::grpo::{GrpoConfig, GrpoTrainer, PromptDataset};
 use rwkvtune_core::hub::{create_hub, AutoModel, CreateHubOptions};
 use rwkvtune_core::model::Rwkv7;
+use rwkvtune_core::plugin::{
+    stderr_sink, NativeReward, OnError, PluginRuntime, PluginSpec, RewardFn, RolloutBatch,
+    RuntimeOptions,
+};
 use rwkvtune_core::tokenizer::AutoTokenizer;
 use rwkvtune_core::train::{evaluate, Task, TrainConfig, Trainer};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind};
 
@@ -22,6 +29,7 @@ const PRETRAIN_TRAIN: &str = include_str!("../../../examples/data/pretrain_train
 const PRETRAIN_EVAL: &str = include_str!("../../../examples/data/pretrain_eval.jsonl");
 const SFT_TRAIN: &str = include_str!("../../../examples/data/sft_train.jsonl");
 const SFT_EVAL: &str = include_str!("../../../examples/data/sft_eval.jsonl");
+const GRPO_PROMPTS: &str = include_str!("../../../examples/data/grpo_arith.jsonl");
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -40,6 +48,13 @@ pub struct DemoArgs {
     pub max_new_tokens: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// GRPO rollouts (8 prompts x 16 completions each) on the arithmetic prompts.
+    #[arg(long, default_value_t = 80)]
+    pub grpo_rollouts: usize,
+    /// The exact-match reward as a WebAssembly plugin (plugins/math-reward; `scripts/demo` builds
+    /// it); without it the same rule runs as a native Rust closure.
+    #[arg(long)]
+    pub reward_plugin: Option<PathBuf>,
 }
 
 fn data(
@@ -94,6 +109,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         ("pretrain_eval.jsonl", PRETRAIN_EVAL),
         ("sft_train.jsonl", SFT_TRAIN),
         ("sft_eval.jsonl", SFT_EVAL),
+        ("grpo_arith.jsonl", GRPO_PROMPTS),
     ] {
         std::fs::write(data_dir.join(name), text).with_context(|| format!("writing {name}"))?;
     }
@@ -108,7 +124,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     opts.save_format = rwkvtune_core::hub::WeightFormat::Safetensors;
     let hub = create_hub(&opts).context("creating the demo model")?;
     println!(
-        "[1/4] fresh RWKV-7: {} layers, n_embd {}, vocab {}, {:.1} M parameters ({:.1}s)",
+        "[1/5] fresh RWKV-7: {} layers, n_embd {}, vocab {}, {:.1} M parameters ({:.1}s)",
         hub.config.n_layer,
         hub.config.n_embd,
         hub.config.vocab_size,
@@ -151,7 +167,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     cfg.save_format = "safetensors".into();
     let entropy = unigram_entropy(&train_ds);
     println!(
-        "[2/4] pre-training from scratch: {} windows of 128 tokens, {} steps",
+        "[2/5] pre-training from scratch: {} windows of 128 tokens, {} steps",
         train_ds.len(),
         a.pretrain_steps
     );
@@ -196,7 +212,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     cfg.base_model = Some(pretrained.display().to_string());
     cfg.save_format = "safetensors".into();
     println!(
-        "[3/4] LoRA SFT (r 32) on {} instructions, {} steps, then merge",
+        "[3/5] LoRA SFT (r 32) on {} instructions, {} steps, then merge",
         sft_ds.len(),
         a.sft_steps
     );
@@ -231,7 +247,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         eos_ids: tok.eos_token_id.into_iter().collect(),
         stop: vec![],
     };
-    println!("[4/4] greedy generation with {}:\n---", tuned.display());
+    println!("[4/5] greedy generation with {}:\n---", tuned.display());
     print!("{}", a.prompt);
     let g = generate(&model, &tok, &prompt, &gen, &mut |p| {
         print!("{p}");
@@ -245,5 +261,76 @@ pub fn run(a: DemoArgs) -> Result<()> {
         g.tokens.len(),
         g.tokens.len() as f64 / g.decode_secs.max(1e-9)
     );
+
+    // 5. GRPO on arithmetic, rewarded by exact match with the answer.
+    let t = Instant::now();
+    let ds = PromptDataset::load(
+        &data_dir.join("grpo_arith.jsonl"),
+        &tok,
+        64,
+        model.dims.vocab_size,
+    )?;
+    let mut cfg = GrpoConfig::default();
+    cfg.proj_dir = out.join("grpo").display().to_string();
+    (
+        cfg.micro_bsz,
+        cfg.num_generations,
+        cfg.max_completion_length,
+    ) = (8, 16, 8);
+    // Two optimizer steps per rollout: the second is off-policy (clipped ratio).
+    (cfg.steps_per_generation, cfg.accumulate_grad_batches) = (2, 1);
+    (cfg.temperature, cfg.top_k) = (0.5, 20);
+    cfg.epoch_count = (a.grpo_rollouts * 8).div_ceil(ds.len()).max(1);
+    (cfg.lr_init, cfg.lr_final, cfg.warmup_steps) = (1e-3, 1e-3, 0);
+    (cfg.precision, cfg.seed, cfg.log_steps) = ("fp32".into(), a.seed, 4);
+    (cfg.use_lora, cfg.lora.r, cfg.lora.lora_alpha) = (true, 32, 64.0);
+    cfg.base_model = Some(tuned.display().to_string());
+    cfg.save_format = "safetensors".into();
+    let reward: Box<dyn RewardFn> = match &a.reward_plugin {
+        Some(p) => {
+            let rt = PluginRuntime::new(RuntimeOptions::default())?;
+            Box::new(rt.reward(&PluginSpec::new(p), Arc::new(tok.clone()), stderr_sink())?)
+        }
+        None => Box::new(NativeReward::new(
+            "exact-match",
+            OnError::Abort,
+            exact_match,
+        )),
+    };
+    println!(
+        "[5/5] GRPO (LoRA r 32) on {} arithmetic prompts: {} rollouts of 8 prompts x 16 completions, reward = exact match ({})",
+        ds.len(),
+        a.grpo_rollouts,
+        a.reward_plugin.as_ref().map_or("native Rust closure".to_string(), |p| p.display().to_string())
+    );
+    let mut trainer = GrpoTrainer::new(cfg, model, tok.clone(), ds, vec![reward])?;
+    trainer.max_rollouts = Some(a.grpo_rollouts);
+    let outcome = trainer.train()?;
+    super::grpo::print_summary(&outcome);
+    println!("      in {:.1}s", t.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// 1.0 when the last integer of the completion equals the row's `ground_truth`.
+fn exact_match(batch: &RolloutBatch) -> std::result::Result<Vec<Option<f32>>, String> {
+    Ok((0..batch.len())
+        .map(|i| {
+            let truth = batch
+                .extra(i)
+                .get("ground_truth")?
+                .as_str()?
+                .trim()
+                .to_string();
+            let last = batch.completions[i]
+                .split(|c: char| !c.is_ascii_digit() && c != '-')
+                .filter(|w| !w.is_empty() && *w != "-")
+                .last()
+                .map(str::to_string);
+            Some(if last.as_deref() == Some(truth.as_str()) {
+                1.0
+            } else {
+                0.0
+            })
+        })
+        .collect())
 }

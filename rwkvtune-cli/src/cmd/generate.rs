@@ -2,7 +2,7 @@ use super::load_tokenizer;
 use anyhow::{Context, Result};
 use clap::Args;
 use rwkvtune_core::config::GenerationConfig;
-use rwkvtune_core::generate::{generate, GenerateOptions, SamplingParams};
+use rwkvtune_core::generate::{generate, rollout, GenerateOptions, RolloutOptions, SamplingParams};
 use rwkvtune_core::hub::{parse_device, parse_kind, AutoModel, ModelFiles};
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,8 +11,21 @@ use std::path::PathBuf;
 pub struct GenerateArgs {
     #[arg(long)]
     pub model: PathBuf,
+    /// One prompt, streamed to stdout.
+    #[arg(long, required_unless_present = "prompts", conflicts_with = "prompts")]
+    pub prompt: Option<String>,
+    /// Many prompts: a .jsonl of objects with a `prompt` string, generated as one batch; one
+    /// JSON line per completion goes to --output (default stdout).
     #[arg(long)]
-    pub prompt: String,
+    pub prompts: Option<PathBuf>,
+    #[arg(long, requires = "prompts")]
+    pub output: Option<PathBuf>,
+    /// Completions per prompt (with --prompts).
+    #[arg(long, default_value_t = 1)]
+    pub num_generations: usize,
+    /// Most rows per decode forward (with --prompts; 0 = no cap).
+    #[arg(long, default_value_t = 0)]
+    pub max_decode_batch_size: usize,
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
     /// Default: the model's generation_config.json (0 = greedy).
@@ -42,22 +55,28 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         AutoModel::from_pretrained(&a.model, parse_device(&a.device)?, parse_kind(&a.dtype)?)
             .with_context(|| format!("loading model {}", a.model.display()))?;
     let tok = load_tokenizer(Some(&files.dir))?;
-    let prompt = tok.encode(&a.prompt)?;
     let eos = tok.eos_token_id.or(model.config.eos_token_id);
+    let sampling = SamplingParams {
+        temperature: a.temperature.unwrap_or(defaults.temperature),
+        top_p: a.top_p.unwrap_or(defaults.top_p),
+        top_k: a.top_k.unwrap_or(defaults.top_k),
+        repetition_penalty: a.repetition_penalty.unwrap_or(defaults.repetition_penalty),
+        seed: a.seed,
+        logit_bias: Vec::new(),
+    };
+    if let Some(path) = &a.prompts {
+        return run_batch(&a, path, &model, &tok, sampling, eos);
+    }
+    let text = a.prompt.clone().unwrap_or_default();
+    let prompt = tok.encode(&text)?;
     let opts = GenerateOptions {
-        sampling: SamplingParams {
-            temperature: a.temperature.unwrap_or(defaults.temperature),
-            top_p: a.top_p.unwrap_or(defaults.top_p),
-            top_k: a.top_k.unwrap_or(defaults.top_k),
-            repetition_penalty: a.repetition_penalty.unwrap_or(defaults.repetition_penalty),
-            seed: a.seed,
-        },
+        sampling,
         max_new_tokens: a.max_new_tokens,
         eos_ids: eos.into_iter().collect(),
         stop: a.stop.clone(),
     };
     let mut out = std::io::stdout();
-    print!("{}", a.prompt);
+    print!("{text}");
     let g = generate(&model, &tok, &prompt, &opts, &mut |piece| {
         print!("{piece}");
         let _ = out.flush();
@@ -72,6 +91,81 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         g.decode_secs,
         g.tokens.len() as f64 / g.decode_secs.max(1e-9),
         g.finish
+    );
+    Ok(())
+}
+
+/// `--prompts`: every prompt of a JSONL file in one batched rollout.
+fn run_batch(
+    a: &GenerateArgs,
+    path: &std::path::Path,
+    model: &rwkvtune_core::model::Rwkv7,
+    tok: &rwkvtune_core::tokenizer::AutoTokenizer,
+    sampling: SamplingParams,
+    eos: Option<u32>,
+) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut prompts = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
+        match v.get("prompt") {
+            Some(serde_json::Value::String(p)) => prompts.push(p.clone()),
+            _ => anyhow::bail!(
+                "{} line {}: expected an object with a `prompt` string",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    if prompts.is_empty() {
+        anyhow::bail!("{}: no prompts", path.display());
+    }
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| tok.encode(p))
+        .collect::<Result<_, _>>()?;
+    let opts = RolloutOptions {
+        sampling,
+        num_generations: a.num_generations,
+        max_new_tokens: a.max_new_tokens,
+        eos_ids: eos.into_iter().collect(),
+        stop: a.stop.clone(),
+        max_decode_batch_size: a.max_decode_batch_size,
+        ..RolloutOptions::default()
+    };
+    let (completions, stats) = rollout(model, tok, &ids, &opts)?;
+    let mut lines = String::new();
+    for (i, c) in completions.iter().enumerate() {
+        let line = serde_json::json!({
+            "prompt_index": c.prompt,
+            "generation": i % a.num_generations.max(1),
+            "prompt": prompts[c.prompt],
+            "completion": c.text,
+            "finish": c.finish.as_str(),
+            "tokens": c.tokens,
+            "logprobs": c.logprobs,
+        });
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    }
+    match &a.output {
+        Some(out) => rwkvtune_core::hub::write_atomic(out, lines.as_bytes())?,
+        None => print!("{lines}"),
+    }
+    eprintln!(
+        "{} prompts x {}: prefill {} tokens in {:.3}s; decode {} tokens in {:.3}s ({:.1} tok/s)",
+        prompts.len(),
+        a.num_generations,
+        stats.prefill_tokens,
+        stats.prefill_secs,
+        stats.decode_tokens,
+        stats.decode_secs,
+        stats.decode_tokens as f64 / stats.decode_secs.max(1e-9)
     );
     Ok(())
 }

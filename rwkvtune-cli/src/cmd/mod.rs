@@ -4,6 +4,7 @@ pub mod bench;
 pub mod create_hub;
 pub mod demo;
 pub mod generate;
+pub mod grpo;
 pub mod logits;
 pub mod merge_lora;
 pub mod plugin;

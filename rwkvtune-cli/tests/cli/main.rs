@@ -1,5 +1,6 @@
 //! The public CLI, driven as users and external checkers drive it: real processes, real files.
 
+mod grpo;
 mod hub;
 mod inspect;
 mod merge;

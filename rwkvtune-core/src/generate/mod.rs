@@ -2,8 +2,10 @@
 //! state, then decode one token at a time from that state. Text is streamed as soon as it forms
 //! complete characters.
 
+mod rollout;
 mod sampler;
 
+pub use rollout::{rollout, row_seed, Completion, RolloutOptions, RolloutStats};
 pub use sampler::{argmax, Sampler, SamplingParams};
 
 use crate::error::{Error, Result};
@@ -30,6 +32,16 @@ pub enum FinishReason {
     Eos,
     Stop,
     Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Eos => "eos",
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
 }
 
 #[derive(Debug)]

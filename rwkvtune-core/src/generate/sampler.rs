@@ -1,4 +1,5 @@
-//! Token sampling from one row of logits: repetition penalty, temperature, top-k, top-p.
+//! Token sampling from one row of logits: repetition penalty, temperature, logit bias, top-k,
+//! top-p, with the log-probability of the pick under the distribution it was drawn from.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -15,6 +16,9 @@ pub struct SamplingParams {
     /// multiply negative ones).
     pub repetition_penalty: f64,
     pub seed: u64,
+    /// `(token id, bias)` added to the logits after the temperature division (the Python tool's
+    /// order), each bias clamped to [-100, 100]; -100 effectively bans a token.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -25,6 +29,7 @@ impl Default for SamplingParams {
             top_k: 0,
             repetition_penalty: 1.0,
             seed: 42,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -55,6 +60,7 @@ pub struct Sampler {
     rng: StdRng,
     /// Scratch buffers reused across steps (no per-token allocation after the first).
     probs: Vec<(f32, u32)>,
+    seen: std::collections::HashSet<u32>,
 }
 
 impl Sampler {
@@ -62,40 +68,69 @@ impl Sampler {
         Sampler {
             rng: StdRng::seed_from_u64(seed),
             probs: Vec::new(),
+            seen: Default::default(),
         }
     }
 
     /// Picks the next token from `logits` [V]; `context` holds the ids the penalty applies to.
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32], p: &SamplingParams) -> u32 {
+        self.sample_logprob(logits, context, p).0
+    }
+
+    /// Like [`sample`](Self::sample), also returning the log-probability of the pick under the
+    /// distribution it was drawn from (after penalty, temperature, bias and truncation; greedy
+    /// picks report the log-softmax of the processed logits).
+    pub fn sample_logprob(
+        &mut self,
+        logits: &mut [f32],
+        context: &[u32],
+        p: &SamplingParams,
+    ) -> (u32, f32) {
         if p.repetition_penalty != 1.0 {
             let rp = p.repetition_penalty as f32;
-            let mut seen = std::collections::HashSet::new();
+            self.seen.clear();
             for &id in context {
                 if let Some(l) = logits.get_mut(id as usize) {
-                    if seen.insert(id) {
+                    if self.seen.insert(id) {
                         *l = if *l > 0.0 { *l / rp } else { *l * rp };
                     }
                 }
             }
         }
-        if p.temperature == 0.0 {
-            return argmax(logits);
+        let inv_t = if p.temperature == 0.0 {
+            1.0
+        } else {
+            (1.0 / p.temperature) as f32
+        };
+        if inv_t != 1.0 {
+            logits.iter_mut().for_each(|l| *l *= inv_t);
         }
-        let inv_t = (1.0 / p.temperature) as f32;
+        for &(id, bias) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias.clamp(-100.0, 100.0);
+            }
+        }
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if p.temperature == 0.0 {
+            let id = argmax(logits);
+            let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+            return (id, logits[id as usize] - lse);
+        }
         self.probs.clear();
         self.probs.extend(
             logits
                 .iter()
                 .enumerate()
-                .map(|(i, &l)| (((l - max) * inv_t).exp(), i as u32)),
+                .map(|(i, &l)| ((l - max).exp(), i as u32)),
         );
-        // Sort only when a truncation needs the order.
+        // Order only what a truncation needs: top-k selects in linear time and sorts just k.
         if p.top_k > 0 || p.top_p < 1.0 {
-            self.probs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
-            if p.top_k > 0 {
-                self.probs.truncate(p.top_k.max(1));
+            let desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0);
+            if p.top_k > 0 && p.top_k < self.probs.len() {
+                self.probs.select_nth_unstable_by(p.top_k - 1, desc);
+                self.probs.truncate(p.top_k);
             }
+            self.probs.sort_unstable_by(desc);
             if p.top_p < 1.0 {
                 let total: f32 = self.probs.iter().map(|x| x.0).sum();
                 let mut acc = 0.0;
@@ -112,13 +147,15 @@ impl Sampler {
         }
         let total: f32 = self.probs.iter().map(|x| x.0).sum();
         let mut u = self.rng.gen::<f32>() * total;
+        let mut pick = self.probs.last().map_or((0.0, 0), |&x| x);
         for &(w, id) in &self.probs {
             if u < w {
-                return id;
+                pick = (w, id);
+                break;
             }
             u -= w;
         }
-        self.probs.last().map_or(0, |x| x.1)
+        (pick.1, (pick.0 / total).ln())
     }
 }
 
@@ -197,5 +234,29 @@ mod tests {
         };
         // 2.0/4 = 0.5 < 1.0: the seen token loses its lead.
         assert_eq!(Sampler::new(0).sample(&mut [2.0, 1.0], &[0], &p), 1);
+    }
+
+    #[test]
+    fn logprob_is_that_of_the_sampling_distribution_and_bias_bans() {
+        // temperature 0.5 doubles the logits: p = softmax([0, 2]) at T=1 of [0, 1].
+        let p = SamplingParams {
+            temperature: 0.5,
+            top_p: 1.0,
+            ..Default::default()
+        };
+        let mut s = Sampler::new(5);
+        for _ in 0..20 {
+            let (id, lp) = s.sample_logprob(&mut [0.0, 1.0], &[], &p);
+            let z = (1.0f32 + 2.0f32.exp()).ln();
+            let want = if id == 1 { 2.0 - z } else { -z };
+            assert!((lp - want).abs() < 1e-5, "{id} {lp} {want}");
+        }
+        let banned = SamplingParams {
+            logit_bias: vec![(1, -1000.0)],
+            ..p
+        };
+        for _ in 0..50 {
+            assert_ne!(s.sample(&mut [0.0, 5.0, 0.5], &[], &banned), 1);
+        }
     }
 }

@@ -38,7 +38,11 @@ pub struct TrainerState {
     /// fp16 dynamic loss scale.
     pub loss_scale: f64,
     pub has_optimizer_state: bool,
+    /// The saving and optimisation settings (for GRPO runs: their shared part).
     pub config: TrainConfig,
+    /// GRPO runs: the whole `GrpoConfig`, as written to `run_config.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpo: Option<serde_json::Value>,
 }
 
 /// What a checkpoint writer needs from the trainer.
@@ -206,6 +210,53 @@ pub fn load(dir: &Path) -> Result<Restored> {
         optimizer,
         trainable,
     })
+}
+
+/// The trained tensors as a checkpoint stores them: fp32, the masters under mixed precision.
+pub fn trainable_snapshot(named: &[(String, Tensor)], master: &[Tensor]) -> Vec<(String, Tensor)> {
+    named
+        .iter()
+        .enumerate()
+        .map(|(i, (n, t))| {
+            let w = master.get(i).map_or_else(
+                || t.detach().to_kind(tch::Kind::Float),
+                |m| m.shallow_clone(),
+            );
+            (n.clone(), w)
+        })
+        .collect()
+}
+
+/// Copies a loaded checkpoint's trained tensors into `named` (and the fp32 `master` copies) and
+/// its moments into `opt`; returns the saved state for the caller's cursor and checks.
+pub fn restore(
+    dir: &Path,
+    restored: Restored,
+    named: &[(String, Tensor)],
+    master: &[Tensor],
+    opt: &mut crate::train::AdamW,
+) -> Result<TrainerState> {
+    let saved = restored.state;
+    let by_name: std::collections::HashMap<_, _> = restored.trainable.into_iter().collect();
+    let _g = tch::no_grad_guard();
+    for (i, (name, t)) in named.iter().enumerate() {
+        let w = by_name
+            .get(name)
+            .ok_or_else(|| Error::checkpoint(dir, format!("checkpoint lacks tensor `{name}`")))?;
+        t.shallow_clone()
+            .copy_(&w.to_device(t.device()).to_kind(t.kind()));
+        if let Some(m) = master.get(i) {
+            m.shallow_clone()
+                .copy_(&w.to_kind(tch::Kind::Float).to_device(m.device()));
+        }
+    }
+    match restored.optimizer {
+        Some(o) => opt
+            .load_state(o.into_iter().collect(), saved.step as i64)
+            .map_err(|m| Error::checkpoint(dir, m))?,
+        None => opt.step = saved.step as i64,
+    }
+    Ok(saved)
 }
 
 /// Removes staging directories left by a killed run.

@@ -160,19 +160,7 @@ impl TrainConfig {
         let mut value = serde_json::to_value(Self::for_task(task))
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            let layer: serde_json::Value =
-                if path.extension().and_then(|e| e.to_str()) == Some("toml") {
-                    let t: toml::Value =
-                        toml::from_str(&text).map_err(|e| Error::json(path, e.to_string()))?;
-                    serde_json::to_value(t).map_err(|e| Error::json(path, e.to_string()))?
-                } else {
-                    serde_json::from_str(&text).map_err(|e| Error::json(path, e.to_string()))?
-                };
-            let serde_json::Value::Object(layer) = layer else {
-                return Err(Error::json(path, "expected a table of config fields"));
-            };
-            for (k, v) in layer {
+            for (k, v) in read_config_file(path)? {
                 // A run_config.json carries the task it was written for; the command decides.
                 if k != "task" {
                     value[k] = v;
@@ -182,30 +170,7 @@ impl TrainConfig {
                 .map_err(|e| Error::json(path, e.to_string()))?;
             value = serde_json::to_value(cfg).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         }
-        for o in overrides {
-            let (k, v) = o.split_once('=').ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "--set `{o}`: expected key=value, e.g. --set lr_init=1e-5"
-                ))
-            })?;
-            let k = k.trim();
-            // Numbers, booleans, null and arrays parse as JSON; anything else is a string.
-            let v = serde_json::from_str(v.trim())
-                .unwrap_or_else(|_| serde_json::Value::String(v.trim().to_string()));
-            // `lora.r=8` sets a field of a nested table.
-            let mut slot = &mut value;
-            for part in k.split('.') {
-                slot = match slot.get_mut(part) {
-                    Some(s) => s,
-                    None => {
-                        return Err(Error::InvalidArgument(format!(
-                            "--set `{k}`: unknown config field"
-                        )))
-                    }
-                };
-            }
-            *slot = v;
-        }
+        apply_overrides(&mut value, overrides)?;
         let cfg: TrainConfig = serde_json::from_value(value)
             .map_err(|e| Error::InvalidArgument(format!("config: {e}")))?;
         cfg.validate()?;
@@ -291,6 +256,50 @@ impl TrainConfig {
     pub fn infctx(&self) -> bool {
         self.train_type == "infctx"
     }
+}
+
+/// The table of a config file (`.toml`, else JSON), errors naming the file.
+pub(crate) fn read_config_file(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let layer: serde_json::Value = if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+        let t: toml::Value = toml::from_str(&text).map_err(|e| Error::json(path, e.to_string()))?;
+        serde_json::to_value(t).map_err(|e| Error::json(path, e.to_string()))?
+    } else {
+        serde_json::from_str(&text).map_err(|e| Error::json(path, e.to_string()))?
+    };
+    match layer {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => Err(Error::json(path, "expected a table of config fields")),
+    }
+}
+
+/// Applies `--set key=value` overrides to a config's JSON form; `a.b=v` sets a nested field.
+/// Only existing fields can be set, so a misspelt name is an error.
+pub(crate) fn apply_overrides(value: &mut serde_json::Value, overrides: &[String]) -> Result<()> {
+    for o in overrides {
+        let (k, v) = o.split_once('=').ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "--set `{o}`: expected key=value, e.g. --set lr_init=1e-5"
+            ))
+        })?;
+        let k = k.trim();
+        // Numbers, booleans, null and arrays parse as JSON; anything else is a string.
+        let v = serde_json::from_str(v.trim())
+            .unwrap_or_else(|_| serde_json::Value::String(v.trim().to_string()));
+        let mut slot = &mut *value;
+        for part in k.split('.') {
+            slot = match slot.get_mut(part) {
+                Some(s) => s,
+                None => {
+                    return Err(Error::InvalidArgument(format!(
+                        "--set `{k}`: unknown config field"
+                    )))
+                }
+            };
+        }
+        *slot = v;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -239,6 +239,7 @@ impl Trainer {
             },
             has_optimizer_state: cfg.save_optimizer_state,
             config: cfg.clone(),
+            grpo: None,
         };
         let resumed = match &cfg.resume_from_checkpoint {
             Some(spec) => Some(self.resume(spec, &proj, &named, &master, &mut opt, &mut state)?),
@@ -417,16 +418,7 @@ impl Trainer {
             } else {
                 Vec::new()
             },
-            trainable: named
-                .iter()
-                .enumerate()
-                .map(|(i, (n, t))| {
-                    let w = master
-                        .get(i)
-                        .map_or_else(|| t.detach().to_kind(Kind::Float), |m| m.shallow_clone());
-                    (n.clone(), w)
-                })
-                .collect(),
+            trainable: checkpoint::trainable_snapshot(named, master),
             lora: self.lora.as_ref(),
         };
         checkpoint::save(proj, &snap)
@@ -444,33 +436,15 @@ impl Trainer {
     ) -> Result<u64> {
         let dir = checkpoint::resolve(spec, proj)?;
         let restored = checkpoint::load(&dir)?;
-        let saved = restored.state;
-        if saved.batcher != state.batcher || saved.data_fingerprint != state.data_fingerprint {
+        if restored.state.batcher != state.batcher
+            || restored.state.data_fingerprint != state.data_fingerprint
+        {
             return Err(Error::checkpoint(
                 &dir,
                 "the training data or micro_bsz/seed differ from the run that wrote this checkpoint; resume with the same data and settings",
             ));
         }
-        let weights = restored.trainable;
-        let by_name: std::collections::HashMap<_, _> = weights.into_iter().collect();
-        let _g = tch::no_grad_guard();
-        for (i, (name, t)) in named.iter().enumerate() {
-            let w = by_name.get(name).ok_or_else(|| {
-                Error::checkpoint(&dir, format!("checkpoint lacks tensor `{name}`"))
-            })?;
-            t.shallow_clone()
-                .copy_(&w.to_device(t.device()).to_kind(t.kind()));
-            if let Some(m) = master.get(i) {
-                m.shallow_clone()
-                    .copy_(&w.to_kind(Kind::Float).to_device(m.device()));
-            }
-        }
-        match restored.optimizer {
-            Some(o) => opt
-                .load_state(o.into_iter().collect(), saved.step as i64)
-                .map_err(|m| Error::checkpoint(&dir, m))?,
-            None => opt.step = saved.step as i64,
-        }
+        let saved = checkpoint::restore(&dir, restored, named, master, opt)?;
         state.step = saved.step;
         state.cursor = saved.cursor;
         state.consecutive_bad_steps = saved.consecutive_bad_steps;

@@ -2,6 +2,7 @@
 //! `../shared/reference` (see its README for what each case pins down and the tolerances).
 
 mod common;
+mod grpo;
 mod hub_io;
 mod init;
 mod lora;
