@@ -324,7 +324,7 @@ fn exact_match(batch: &RolloutBatch) -> std::result::Result<Vec<Option<f32>>, St
             let last = batch.completions[i]
                 .split(|c: char| !c.is_ascii_digit() && c != '-')
                 .filter(|w| !w.is_empty() && *w != "-")
-                .last()
+                .next_back()
                 .map(str::to_string);
             Some(if last.as_deref() == Some(truth.as_str()) {
                 1.0

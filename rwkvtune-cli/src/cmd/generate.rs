@@ -3,6 +3,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use rwkvtune_core::config::GenerationConfig;
 use rwkvtune_core::generate::{generate, rollout, GenerateOptions, RolloutOptions, SamplingParams};
+use rwkvtune_core::grpo::PromptDataset;
 use rwkvtune_core::hub::{parse_device, parse_kind, AutoModel, ModelFiles};
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,8 +15,8 @@ pub struct GenerateArgs {
     /// One prompt, streamed to stdout.
     #[arg(long, required_unless_present = "prompts", conflicts_with = "prompts")]
     pub prompt: Option<String>,
-    /// Many prompts: a .jsonl of objects with a `prompt` string, generated as one batch; one
-    /// JSON line per completion goes to --output (default stdout).
+    /// Many prompts: a .jsonl of objects with a `prompt` string (or its `input_ids`), generated
+    /// as one batch; one JSON line per completion goes to --output (default stdout).
     #[arg(long)]
     pub prompts: Option<PathBuf>,
     #[arg(long, requires = "prompts")]
@@ -104,31 +105,8 @@ fn run_batch(
     sampling: SamplingParams,
     eos: Option<u32>,
 ) -> Result<()> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut prompts = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
-        match v.get("prompt") {
-            Some(serde_json::Value::String(p)) => prompts.push(p.clone()),
-            _ => anyhow::bail!(
-                "{} line {}: expected an object with a `prompt` string",
-                path.display(),
-                i + 1
-            ),
-        }
-    }
-    if prompts.is_empty() {
-        anyhow::bail!("{}: no prompts", path.display());
-    }
-    let ids: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| tok.encode(p))
-        .collect::<Result<_, _>>()?;
+    let data = PromptDataset::load(path, tok, usize::MAX, model.dims.vocab_size)?;
+    let ids: Vec<Vec<u32>> = data.rows.iter().map(|r| r.ids.clone()).collect();
     let opts = RolloutOptions {
         sampling,
         num_generations: a.num_generations,
@@ -144,7 +122,7 @@ fn run_batch(
         let line = serde_json::json!({
             "prompt_index": c.prompt,
             "generation": i % a.num_generations.max(1),
-            "prompt": prompts[c.prompt],
+            "prompt": data.rows[c.prompt].prompt,
             "completion": c.text,
             "finish": c.finish.as_str(),
             "tokens": c.tokens,
@@ -159,7 +137,7 @@ fn run_batch(
     }
     eprintln!(
         "{} prompts x {}: prefill {} tokens in {:.3}s; decode {} tokens in {:.3}s ({:.1} tok/s)",
-        prompts.len(),
+        data.len(),
         a.num_generations,
         stats.prefill_tokens,
         stats.prefill_secs,

@@ -166,7 +166,11 @@ fn grpo_with_python_and_javascript_reward_plugins() {
 fn generate_from_a_prompts_file_writes_one_line_per_completion() {
     let tmp = tempfile::tempdir().unwrap();
     let prompts = tmp.path().join("p.jsonl");
-    std::fs::write(&prompts, "{\"prompt\": \"a\"}\n{\"prompt\": \"bc\"}\n").unwrap();
+    std::fs::write(
+        &prompts,
+        "{\"prompt\": \"a\", \"input_ids\": [5, 6]}\n{\"prompt\": \"bc\", \"input_ids\": [7]}\n",
+    )
+    .unwrap();
     let out = tmp.path().join("out.jsonl");
     let model = reference().join("models/u3x96h32");
     ok(&[

@@ -38,10 +38,7 @@ fn check_case(model: &str, seq: &str, stateful: bool) {
     }
     ok(&args);
     let (shape, data) = read_npy(&out);
-    assert_eq!(
-        shape,
-        [ids.len(), case["lse"].size()[0] as usize * 0 + shape[1]]
-    );
+    assert_eq!(shape[0], ids.len());
     let logits = Tensor::from_slice(&data).view([shape[0] as i64, shape[1] as i64]);
     let within = |cand: &Tensor, r: &Tensor| {
         let c = cand.to_kind(Kind::Double);

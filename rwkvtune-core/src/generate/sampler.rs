@@ -12,7 +12,7 @@ pub struct SamplingParams {
     pub top_p: f64,
     /// Keep the k most likely tokens; 0 disables.
     pub top_k: usize,
-    /// > 1 discourages tokens already in the context (CTRL-style: divide positive logits,
+    /// Above 1 discourages tokens already in the context (CTRL-style: divide positive logits,
     /// multiply negative ones).
     pub repetition_penalty: f64,
     pub seed: u64,

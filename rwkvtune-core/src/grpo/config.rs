@@ -375,7 +375,10 @@ impl GrpoConfig {
                 self.steps_per_generation
             ));
         }
-        if self.generate_every() % self.accumulate_grad_batches != 0 {
+        if !self
+            .generate_every()
+            .is_multiple_of(self.accumulate_grad_batches)
+        {
             return bad(format!(
                 "accumulate_grad_batches ({}) must divide steps_per_generation x num_iterations ({}), so optimizer steps end with rollouts",
                 self.accumulate_grad_batches,

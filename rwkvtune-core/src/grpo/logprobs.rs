@@ -115,7 +115,7 @@ pub fn completion_logprobs(
     };
     let mut logits = logits.to_kind(Kind::Float);
     if temperature > 0.0 && temperature != 1.0 {
-        logits = logits / temperature;
+        logits /= temperature;
     }
     let mut targets = vec![0i64; rows.len() * c];
     for (i, r) in rows.iter().enumerate() {

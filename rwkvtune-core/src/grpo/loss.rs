@@ -129,7 +129,7 @@ impl PolicyLoss {
         let mut loss = -unclipped.minimum(&clipped);
         let kl = ref_logp.map(|r| self.kl.estimate(logp, r));
         if let (Some(k), true) = (&kl, self.beta != 0.0) {
-            loss = loss + k * self.beta;
+            loss += k * self.beta;
         }
         let token_ratio = (logp - old_logp).exp().detach();
         TokenTerms {

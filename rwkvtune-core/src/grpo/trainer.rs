@@ -112,6 +112,10 @@ pub struct GrpoTrainer {
     /// Stop after this many rollouts of this process (tests, interrupted runs); `None` = all.
     pub max_rollouts: Option<usize>,
     reference: Option<Rwkv7>,
+    /// With LoRA and β > 0: the starting values of the fully trained base tensors
+    /// (`modules_to_save`, e.g. LayerNorms), swapped in while the reference scores, so the
+    /// reference stays the base model instead of drifting with them.
+    reference_saved: Vec<(String, Tensor)>,
     lora: Option<crate::lora::LoraLayout>,
     eos_ids: Vec<u32>,
     policy: PolicyLoss,
@@ -175,6 +179,15 @@ impl GrpoTrainer {
                 "grad_cp = 1 recomputes blocks in backward, which would draw new LoRA dropout masks; set lora.lora_dropout = 0 or grad_cp = 0".into(),
             ));
         }
+        let reference_saved = match (&lora, config.beta > 0.0) {
+            (Some(layout), true) => model
+                .named_tensors()
+                .into_iter()
+                .filter(|(n, _)| layout.saved.contains(n))
+                .map(|(n, t)| (n, t.detach().copy()))
+                .collect(),
+            _ => Vec::new(),
+        };
         model.grad_checkpointing = train.grad_cp == 1;
         let eos_ids: Vec<u32> = tokenizer
             .eos_token_id
@@ -200,6 +213,7 @@ impl GrpoTrainer {
             progress: true,
             max_rollouts: None,
             reference,
+            reference_saved,
             lora,
             eos_ids,
             policy,
@@ -359,7 +373,7 @@ impl GrpoTrainer {
                     total_steps,
                 )?;
                 rollouts_done += 1;
-                if rollouts_done == 1 || rollouts_done % cfg.log_steps == 0 {
+                if rollouts_done == 1 || rollouts_done.is_multiple_of(cfg.log_steps) {
                     log.event(format!(
                         "rollout {}: reward {:.3} (std {:.3}), completion length {:.1}, generation {:.2}s, rewards {:.3}s",
                         number + 1,
@@ -536,29 +550,31 @@ impl GrpoTrainer {
         // 5. Fixed log-probs: the sampling policy's when the policy moves while this rollout is
         //    in use, and the reference's when there is a KL term.
         let t = Instant::now();
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> = rows
+            .iter()
+            .map(|r| (self.dataset.rows[r.prompt].ids.clone(), r.ids.clone()))
+            .collect();
+        let scored: Vec<ScoredRow> = pairs
+            .iter()
+            .map(|(p, c)| ScoredRow {
+                prompt: p,
+                completion: c,
+            })
+            .collect();
         if cfg.generate_every() > cfg.accumulate_grad_batches {
             let _g = tch::no_grad_guard();
-            let lp = self.score_rows(&rows, None)?;
+            let lp = score_with(
+                &self.model,
+                &scored,
+                cfg.temperature,
+                cfg.prefill_chunk_size,
+                cfg.logprob_batch_size,
+            )?;
             for (r, v) in rows.iter_mut().zip(lp) {
                 r.old = Some(v);
             }
         }
-        if cfg.beta > 0.0 {
-            let _g = tch::no_grad_guard();
-            let lp = if let Some(reference) = &self.reference {
-                self.score_rows(&rows, Some(reference))?
-            } else {
-                let rows_ref = &rows;
-                let dataset = &self.dataset;
-                let (temp, chunk, bs) = (
-                    cfg.temperature,
-                    cfg.prefill_chunk_size,
-                    cfg.logprob_batch_size,
-                );
-                crate::lora::with_adapters_disabled(&mut self.model, |m| {
-                    score_with(m, dataset, rows_ref, temp, chunk, bs)
-                })?
-            };
+        if let Some(lp) = self.reference_logprobs(&scored)? {
             for (r, v) in rows.iter_mut().zip(lp) {
                 r.reference = Some(v);
             }
@@ -629,16 +645,31 @@ impl GrpoTrainer {
         })
     }
 
-    /// Log-probs of every row's completion under `model` (default: the policy), fp32 vectors.
-    fn score_rows(&self, rows: &[Row], model: Option<&Rwkv7>) -> Result<Vec<Vec<f32>>> {
-        score_with(
-            model.unwrap_or(&self.model),
-            &self.dataset,
-            rows,
+    /// Per-token log-probs of `rows` under the reference policy (`None` when β = 0: there is
+    /// none). With LoRA the reference is the base model: adapters off and the fully trained base
+    /// tensors (`modules_to_save`) at their starting values; otherwise the frozen copy or
+    /// `ref_model_path`.
+    pub fn reference_logprobs(&mut self, rows: &[ScoredRow]) -> Result<Option<Vec<Vec<f32>>>> {
+        if self.config.beta <= 0.0 {
+            return Ok(None);
+        }
+        let _g = tch::no_grad_guard();
+        let (temp, chunk, batch) = (
             self.config.temperature,
             self.config.prefill_chunk_size,
             self.config.logprob_batch_size,
-        )
+        );
+        if let Some(reference) = &self.reference {
+            return score_with(reference, rows, temp, chunk, batch).map(Some);
+        }
+        let live = swap_in(&self.model, &self.reference_saved);
+        let out = crate::lora::with_adapters_disabled(&mut self.model, |m| {
+            score_with(m, rows, temp, chunk, batch)
+        });
+        for (t, current) in &live {
+            t.shallow_clone().copy_(current);
+        }
+        out.map(Some)
     }
 
     /// The micro-batches of one rollout, `num_iterations` times over, with optimizer steps.
@@ -822,7 +853,7 @@ impl GrpoTrainer {
             let mut weights = token_weights(&mask, norm);
             let entropy = scores.entropy.unwrap_or_else(|| mask.zeros_like());
             if cfg.top_entropy_quantile < 1.0 {
-                weights = weights * top_entropy_mask(&entropy, &mask, cfg.top_entropy_quantile);
+                weights *= top_entropy_mask(&entropy, &mask, cfg.top_entropy_quantile);
             }
             let loss = (&terms.loss * &weights).sum(Kind::Float);
             let value = loss.double_value(&[]);
@@ -953,29 +984,34 @@ impl GrpoTrainer {
     }
 }
 
-/// Log-probs of `rows` under `model`, in chunks of `batch` rows.
+/// Copies `values` into the model's tensors of the same names; returns each tensor with a copy
+/// of what it held, to put back.
+fn swap_in(model: &Rwkv7, values: &[(String, Tensor)]) -> Vec<(Tensor, Tensor)> {
+    let mut live = Vec::new();
+    for (name, t) in model.named_tensors() {
+        if let Some((_, v)) = values.iter().find(|(n, _)| *n == name) {
+            live.push((t.shallow_clone(), t.detach().copy()));
+            t.shallow_clone().copy_(v);
+        }
+    }
+    live
+}
+
+/// Log-probs of `rows` under `model`, in chunks of `batch` rows, as fp32 vectors.
 fn score_with(
     model: &Rwkv7,
-    dataset: &PromptDataset,
-    rows: &[Row],
+    rows: &[ScoredRow],
     temperature: f64,
     prefill_chunk: usize,
     batch: Option<usize>,
 ) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(rows.len());
     for part in rows.chunks(batch.unwrap_or(rows.len()).max(1)) {
-        let scored: Vec<ScoredRow> = part
-            .iter()
-            .map(|r| ScoredRow {
-                prompt: &dataset.rows[r.prompt].ids,
-                completion: &r.ids,
-            })
-            .collect();
-        let s = completion_logprobs(model, &scored, temperature, prefill_chunk, false)?;
+        let s = completion_logprobs(model, part, temperature, prefill_chunk, false)?;
         let c = s.logp.size()[1] as usize;
         let flat = Vec::<f32>::try_from(s.logp.detach().to_device(Device::Cpu).flatten(0, -1))?;
         for (i, r) in part.iter().enumerate() {
-            out.push(flat[i * c..i * c + r.ids.len()].to_vec());
+            out.push(flat[i * c..i * c + r.completion.len()].to_vec());
         }
     }
     Ok(out)

@@ -401,3 +401,98 @@ fn every_loss_variant_kl_and_lora_reference_train() {
         }
     }
 }
+
+/// With LoRA the reference is the base model even though `modules_to_save` LayerNorms train in
+/// place: after training, its log-probs are those of a fresh copy of the base.
+#[test]
+fn lora_reference_stays_the_base_model_after_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    (c.epoch_count, c.beta, c.use_lora, c.lora.r) = (1, 0.1, true, 4);
+    c.lr_init = 3e-2;
+    c.lr_final = 3e-2;
+    assert!(c.lora.modules_to_save.contains(&"ln".to_string()));
+    let mut t = GrpoTrainer::new(
+        c,
+        small(),
+        AutoTokenizer::builtin(),
+        dataset(),
+        vec![small_ids_reward()],
+    )
+    .unwrap();
+    t.progress = false;
+    t.train().unwrap();
+    let (p, comp) = (vec![11u32, 21, 30], vec![5u32, 900, 7]);
+    let rows = [ScoredRow {
+        prompt: &p,
+        completion: &comp,
+    }];
+    let reference = t.reference_logprobs(&rows).unwrap().unwrap();
+    let base = {
+        let _g = tch::no_grad_guard();
+        completion_logprobs(&small(), &rows, 1.0, 64, false)
+            .unwrap()
+            .logp
+    };
+    let policy = {
+        let _g = tch::no_grad_guard();
+        completion_logprobs(&t.model, &rows, 1.0, 64, false)
+            .unwrap()
+            .logp
+    };
+    for j in 0..3 {
+        let b = base.double_value(&[0, j as i64]);
+        assert!(
+            (reference[0][j] as f64 - b).abs() < 1e-5,
+            "{j}: {} vs {b}",
+            reference[0][j]
+        );
+    }
+    // ...while the trained policy has moved away from it.
+    assert!(max_abs_diff(&policy, &base) > 1e-3);
+}
+
+/// A post-processor runs between generation and rewards: rewards and training see its edits.
+#[test]
+fn postprocessor_edits_reach_rewards_training_and_dumps() {
+    use rwkvtune_core::plugin::{Edit, NativePostprocessor, TokenMatrix};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    (c.epoch_count, c.save_rollout_steps) = (1, 1);
+    let keep_first = NativePostprocessor::new(
+        "first-token",
+        std::sync::Arc::new(AutoTokenizer::builtin()),
+        OnError::Abort,
+        |b: &RolloutBatch| {
+            let rows: Vec<Vec<u32>> = (0..b.len())
+                .map(|i| b.tokens.real_ids(i).into_iter().take(1).collect())
+                .collect();
+            Ok(Edit::Tokens(TokenMatrix::from_rows(&rows, b.tokens.cols)))
+        },
+    );
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let reward = NativeReward::new("len", OnError::Abort, move |b: &RolloutBatch| {
+        let lens: Vec<usize> = (0..b.len()).map(|i| b.tokens.real_ids(i).len()).collect();
+        log.lock().unwrap().extend(lens.iter().copied());
+        Ok(lens.iter().map(|&l| Some(l as f32)).collect())
+    });
+    let mut t = GrpoTrainer::new(
+        c,
+        small(),
+        AutoTokenizer::builtin(),
+        dataset(),
+        vec![Box::new(reward)],
+    )
+    .unwrap()
+    .with_postprocessor(Box::new(keep_first));
+    t.progress = false;
+    t.train().unwrap();
+    assert!(seen.lock().unwrap().iter().all(|&l| l == 1));
+    let dump = std::fs::read_to_string(tmp.path().join("rollouts/rollout_step_0.jsonl")).unwrap();
+    for line in dump.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(row["completion_ids"].as_array().unwrap().len(), 1, "{row}");
+        assert!(row["plugin_versions"].get("first-token").is_some(), "{row}");
+    }
+}
