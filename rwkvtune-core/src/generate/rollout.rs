@@ -167,12 +167,21 @@ pub fn rollout(
     let vocab = model.dims.vocab_size;
     let mut scratch: Vec<f32> = Vec::new();
     let mut context: Vec<u32> = Vec::new();
+    // Without a repetition penalty (which needs each row's history) the temperature, bias and
+    // softmax of all rows run as one libtorch op; the rows then only draw from probabilities.
+    let batched_softmax = opts.sampling.repetition_penalty == 1.0;
+    let bias = dense_bias(&opts.sampling, vocab, model.device());
     while !lanes.is_empty() {
         for lane in &mut lanes {
             let b = lane.rows.len();
             let ts = Instant::now();
             scratch.resize(b * vocab, 0.0);
-            lane.logits.f_copy_data(&mut scratch, b * vocab)?;
+            if batched_softmax {
+                sampling_probs(&lane.logits, &opts.sampling, bias.as_ref())
+                    .f_copy_data(&mut scratch, b * vocab)?;
+            } else {
+                lane.logits.f_copy_data(&mut scratch, b * vocab)?;
+            }
             for (j, &r) in lane.rows.iter().enumerate() {
                 let row_logits = &mut scratch[j * vocab..(j + 1) * vocab];
                 let c = &mut out[r];
@@ -181,7 +190,11 @@ pub fn rollout(
                     context.extend_from_slice(&prompts[r / g]);
                     context.extend_from_slice(&c.tokens);
                 }
-                let (id, lp) = samplers[r].sample_logprob(row_logits, &context, &opts.sampling);
+                let (id, lp) = if batched_softmax {
+                    samplers[r].sample_probs(row_logits, &opts.sampling)
+                } else {
+                    samplers[r].sample_logprob(row_logits, &context, &opts.sampling)
+                };
                 c.tokens.push(id);
                 c.logprobs.push(lp);
                 stats.decode_tokens += 1;
@@ -238,6 +251,33 @@ pub fn rollout(
         c.text = text;
     }
     Ok((out, stats))
+}
+
+/// `logit_bias` as a dense [V] tensor (clamped like the sampler does), or `None`.
+fn dense_bias(p: &SamplingParams, vocab: usize, device: tch::Device) -> Option<Tensor> {
+    if p.logit_bias.is_empty() {
+        return None;
+    }
+    let mut dense = vec![0f32; vocab];
+    for &(id, b) in &p.logit_bias {
+        if let Some(x) = dense.get_mut(id as usize) {
+            *x += b.clamp(-100.0, 100.0);
+        }
+    }
+    Some(Tensor::from_slice(&dense).to_device(device))
+}
+
+/// softmax(logits / temperature + bias) over the last dimension (temperature 0: no division).
+fn sampling_probs(logits: &Tensor, p: &SamplingParams, bias: Option<&Tensor>) -> Tensor {
+    let mut z = if p.temperature > 0.0 && p.temperature != 1.0 {
+        logits / p.temperature
+    } else {
+        logits.shallow_clone()
+    };
+    if let Some(b) = bias {
+        z = z + b;
+    }
+    z.softmax(-1, Kind::Float)
 }
 
 fn contains_stop(text: &str, stop: &[String]) -> bool {

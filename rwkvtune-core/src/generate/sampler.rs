@@ -116,34 +116,73 @@ impl Sampler {
             let lse = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
             return (id, logits[id as usize] - lse);
         }
-        self.probs.clear();
-        self.probs.extend(
-            logits
-                .iter()
-                .enumerate()
-                .map(|(i, &l)| ((l - max).exp(), i as u32)),
-        );
-        // Order only what a truncation needs: top-k selects in linear time and sorts just k.
-        if p.top_k > 0 || p.top_p < 1.0 {
-            let desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0);
-            if p.top_k > 0 && p.top_k < self.probs.len() {
-                self.probs.select_nth_unstable_by(p.top_k - 1, desc);
-                self.probs.truncate(p.top_k);
-            }
-            self.probs.sort_unstable_by(desc);
-            if p.top_p < 1.0 {
-                let total: f32 = self.probs.iter().map(|x| x.0).sum();
-                let mut acc = 0.0;
-                let mut keep = self.probs.len();
-                for (i, x) in self.probs.iter().enumerate() {
-                    acc += x.0 / total;
-                    if acc >= p.top_p as f32 {
-                        keep = i + 1;
-                        break;
+        // Unnormalised probabilities, in place.
+        logits.iter_mut().for_each(|l| *l = (*l - max).exp());
+        self.draw(logits, p)
+    }
+
+    /// Picks from `probs` [V]: the softmax of logits already divided by the temperature and
+    /// biased (the batched rollout computes it for all rows at once); applies top-k/top-p and
+    /// returns the pick with its log-probability under the distribution it was drawn from.
+    /// No repetition penalty here: that needs the logits.
+    pub fn sample_probs(&mut self, probs: &[f32], p: &SamplingParams) -> (u32, f32) {
+        if p.temperature == 0.0 {
+            let id = argmax(probs);
+            let total: f32 = probs.iter().sum();
+            return (id, (probs[id as usize] / total).ln());
+        }
+        self.draw(probs, p)
+    }
+
+    /// Draws from non-negative `weights` (any scale) after top-k/top-p truncation.
+    fn draw(&mut self, weights: &[f32], p: &SamplingParams) -> (u32, f32) {
+        if p.top_k == 0 && p.top_p >= 1.0 {
+            // Inverse CDF in blocks: vectorised block sums find the block, one scan inside it.
+            const BLOCK: usize = 1024;
+            let total: f32 = weights.iter().sum();
+            let mut u = self.rng.gen::<f32>() * total;
+            for (b, block) in weights.chunks(BLOCK).enumerate() {
+                let s: f32 = block.iter().sum();
+                if u < s {
+                    let mut pick = block.iter().rposition(|&x| x > 0.0).unwrap_or(0);
+                    for (j, &x) in block.iter().enumerate() {
+                        if u < x {
+                            pick = j;
+                            break;
+                        }
+                        u -= x;
                     }
+                    let id = b * BLOCK + pick;
+                    return (id as u32, (weights[id] / total).ln());
                 }
-                self.probs.truncate(keep);
+                u -= s;
             }
+            // Rounding left u past the end: the last token with any mass.
+            let id = weights.iter().rposition(|&x| x > 0.0).unwrap_or(0);
+            return (id as u32, (weights[id] / total).ln());
+        }
+        self.probs.clear();
+        self.probs
+            .extend(weights.iter().enumerate().map(|(i, &w)| (w, i as u32)));
+        // Order only what a truncation needs: top-k selects in linear time and sorts just k.
+        let desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0);
+        if p.top_k > 0 && p.top_k < self.probs.len() {
+            self.probs.select_nth_unstable_by(p.top_k - 1, desc);
+            self.probs.truncate(p.top_k);
+        }
+        self.probs.sort_unstable_by(desc);
+        if p.top_p < 1.0 {
+            let total: f32 = self.probs.iter().map(|x| x.0).sum();
+            let mut acc = 0.0;
+            let mut keep = self.probs.len();
+            for (i, x) in self.probs.iter().enumerate() {
+                acc += x.0 / total;
+                if acc >= p.top_p as f32 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            self.probs.truncate(keep);
         }
         let total: f32 = self.probs.iter().map(|x| x.0).sum();
         let mut u = self.rng.gen::<f32>() * total;
@@ -234,6 +273,35 @@ mod tests {
         };
         // 2.0/4 = 0.5 < 1.0: the seen token loses its lead.
         assert_eq!(Sampler::new(0).sample(&mut [2.0, 1.0], &[0], &p), 1);
+    }
+
+    #[test]
+    fn sampling_from_probabilities_matches_sampling_from_logits() {
+        // The same seed and distribution: the same picks and log-probs, with and without top-k.
+        let logits: Vec<f32> = (0..3000)
+            .map(|i| ((i * 7919) % 613) as f32 / 97.0)
+            .collect();
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let z: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+        let probs: Vec<f32> = logits.iter().map(|l| (l - max).exp() / z).collect();
+        for top_k in [0, 50] {
+            let p = SamplingParams {
+                temperature: 1.0,
+                top_p: 1.0,
+                top_k,
+                ..Default::default()
+            };
+            let (mut a, mut b) = (Sampler::new(9), Sampler::new(9));
+            let mut counts = std::collections::HashMap::new();
+            for _ in 0..300 {
+                let (x, lx) = a.sample_logprob(&mut logits.clone(), &[], &p);
+                let (y, ly) = b.sample_probs(&probs, &p);
+                assert_eq!(x, y);
+                assert!((lx - ly).abs() < 1e-4, "{lx} {ly}");
+                *counts.entry(x).or_insert(0) += 1;
+            }
+            assert!(counts.len() > 10, "{counts:?}");
+        }
     }
 
     #[test]

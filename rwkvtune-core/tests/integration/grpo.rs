@@ -89,6 +89,15 @@ fn batched_rollout_rows_match_single_sequence_runs_and_ignore_batch_caps() {
         rows.iter().map(|r| &r.tokens).collect::<Vec<_>>(),
         again.iter().map(|r| &r.tokens).collect::<Vec<_>>()
     );
+    // The per-row path (repetition penalty needs each row's history) obeys the same rule.
+    let penalised = |caps: usize| {
+        let mut o = opts(7);
+        o.sampling.repetition_penalty = 1.5;
+        (o.max_prefill_batch_size, o.max_decode_batch_size) = (caps, caps);
+        let (rows, _) = rollout(&model, &tok, &ps, &o).unwrap();
+        rows.into_iter().map(|r| r.tokens).collect::<Vec<_>>()
+    };
+    assert_eq!(penalised(0), penalised(2));
     let (other, _) = rollout(&model, &tok, &ps, &opts(8)).unwrap();
     assert_ne!(
         rows.iter().map(|r| &r.tokens).collect::<Vec<_>>(),
