@@ -5,6 +5,7 @@
 mod rollout;
 mod sampler;
 
+pub(crate) use rollout::{distinct, prefill_distinct};
 pub use rollout::{rollout, row_seed, Completion, RolloutOptions, RolloutStats};
 pub use sampler::{argmax, Sampler, SamplingParams};
 

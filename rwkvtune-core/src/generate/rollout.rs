@@ -112,17 +112,14 @@ pub fn rollout(
 
     // 1. Prefill each distinct prompt once.
     let t0 = Instant::now();
-    let mut unique: Vec<&[u32]> = Vec::new();
-    let mut unique_of_prompt = Vec::with_capacity(prompts.len());
-    let mut seen: HashMap<&[u32], usize> = HashMap::new();
-    for p in prompts {
-        let u = *seen.entry(p.as_slice()).or_insert_with(|| {
-            unique.push(p.as_slice());
-            unique.len() - 1
-        });
-        unique_of_prompt.push(u as i64);
-    }
-    let (prefill_state, prefill_logits) = prefill_many(model, &unique, opts)?;
+    let (unique, unique_of_prompt) = distinct(prompts.iter().map(Vec::as_slice));
+    let (prefill_state, prefill_logits) = prefill_distinct(
+        model,
+        &unique,
+        opts.prefill_chunk_size,
+        opts.max_prefill_batch_size,
+    )?;
+    let prefill_logits = prefill_logits.to_kind(Kind::Float);
     stats.prefill_prompts = unique.len();
     stats.prefill_tokens = unique.iter().map(|p| p.len()).sum();
     stats.prefill_secs = t0.elapsed().as_secs_f64();
@@ -130,7 +127,9 @@ pub fn rollout(
     // 2. Fan out: row p·G + g starts from prompt p's state.
     let g = opts.num_generations;
     let n_rows = prompts.len() * g;
-    let row_source: Vec<i64> = (0..n_rows).map(|r| unique_of_prompt[r / g]).collect();
+    let row_source: Vec<i64> = (0..n_rows)
+        .map(|r| unique_of_prompt[r / g] as i64)
+        .collect();
     let cap = match opts.max_decode_batch_size {
         0 => n_rows.max(1),
         c => c,
@@ -284,12 +283,32 @@ fn contains_stop(text: &str, stop: &[String]) -> bool {
     stop.iter().any(|s| text.contains(s.as_str()))
 }
 
-/// Prefills `prompts` (distinct, non-empty); returns their states and last-position logits [U, V]
-/// fp32, in input order.
-fn prefill_many(
+/// The distinct prompts in first-seen order, and for each input its index among them.
+pub(crate) fn distinct<'a>(
+    prompts: impl Iterator<Item = &'a [u32]>,
+) -> (Vec<&'a [u32]>, Vec<usize>) {
+    let mut unique: Vec<&[u32]> = Vec::new();
+    let mut seen: HashMap<&[u32], usize> = HashMap::new();
+    let index = prompts
+        .map(|p| {
+            *seen.entry(p).or_insert_with(|| {
+                unique.push(p);
+                unique.len() - 1
+            })
+        })
+        .collect();
+    (unique, index)
+}
+
+/// Runs distinct, non-empty `prompts` through the model in chunks of `chunk` tokens, prompts of
+/// equal length together (at most `max_batch` per forward, 0 = no cap), so no padding enters a
+/// state. Returns their states and last-position logits [U, V] (model dtype) in input order.
+/// Gradients flow through when grad mode is on (GRPO scoring).
+pub(crate) fn prefill_distinct(
     model: &Rwkv7,
     prompts: &[&[u32]],
-    opts: &RolloutOptions,
+    chunk: usize,
+    max_batch: usize,
 ) -> Result<(State, Tensor)> {
     // Prompts of one length run together; their chunks then have equal lengths too.
     let mut by_len: Vec<(usize, Vec<usize>)> = Vec::new();
@@ -299,7 +318,7 @@ fn prefill_many(
             None => by_len.push((p.len(), vec![i])),
         }
     }
-    let cap = match opts.max_prefill_batch_size {
+    let cap = match max_batch {
         0 => prompts.len().max(1),
         c => c,
     };
@@ -312,7 +331,7 @@ fn prefill_many(
             let mut last = None;
             let mut start = 0;
             while start < *len {
-                let n = opts.prefill_chunk_size.min(len - start);
+                let n = chunk.max(1).min(len - start);
                 let ids: Vec<i64> = group
                     .iter()
                     .flat_map(|&i| prompts[i][start..start + n].iter().map(|&t| t as i64))
@@ -327,7 +346,7 @@ fn prefill_many(
             }
             if let (Some(s), Some(l)) = (state, last) {
                 states.push(s);
-                logits.push(l.squeeze_dim(1).to_kind(Kind::Float));
+                logits.push(l.squeeze_dim(1));
                 order.extend_from_slice(group);
             }
         }

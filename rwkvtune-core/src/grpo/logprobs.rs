@@ -7,8 +7,8 @@
 //! sampling pass. Gradients flow through the prompt part too when grad mode is on.
 
 use crate::error::Result;
-use crate::model::{Rwkv7, State};
-use std::collections::HashMap;
+use crate::generate::{distinct, prefill_distinct};
+use crate::model::Rwkv7;
 use tch::{Kind, Tensor};
 
 /// A row to score.
@@ -44,61 +44,14 @@ pub fn completion_logprobs(
         .unwrap_or(0)
         .max(1);
 
-    // Distinct prompts, grouped by length for batched forwards.
-    let mut unique: Vec<&[u32]> = Vec::new();
-    let mut seen: HashMap<&[u32], usize> = HashMap::new();
-    let row_prompt: Vec<usize> = rows
-        .iter()
-        .map(|r| {
-            *seen.entry(r.prompt).or_insert_with(|| {
-                unique.push(r.prompt);
-                unique.len() - 1
-            })
-        })
-        .collect();
-    let mut by_len: Vec<(usize, Vec<usize>)> = Vec::new();
-    for (u, p) in unique.iter().enumerate() {
-        match by_len.iter_mut().find(|(l, _)| *l == p.len()) {
-            Some((_, v)) => v.push(u),
-            None => by_len.push((p.len(), vec![u])),
-        }
-    }
-    let mut states = Vec::new();
-    let mut lasts = Vec::new();
-    let mut position = vec![0i64; unique.len()];
-    let mut next = 0i64;
-    for (len, members) in &by_len {
-        let mut state: Option<State> = None;
-        let mut last = None;
-        let mut start = 0;
-        while start < *len {
-            let k = prefill_chunk.max(1).min(len - start);
-            let ids: Vec<i64> = members
-                .iter()
-                .flat_map(|&u| unique[u][start..start + k].iter().map(|&t| t as i64))
-                .collect();
-            let ids = Tensor::from_slice(&ids)
-                .view([members.len() as i64, k as i64])
-                .to_device(dev);
-            let (l, s) = model.forward(&ids, state.as_ref(), Some(1))?;
-            state = Some(s);
-            last = Some(l);
-            start += k;
-        }
-        if let (Some(s), Some(l)) = (state, last) {
-            states.push(s);
-            lasts.push(l);
-            for &u in members {
-                position[u] = next;
-                next += 1;
-            }
-        }
-    }
-    let idx = Tensor::from_slice(&row_prompt.iter().map(|&u| position[u]).collect::<Vec<_>>())
+    // Each distinct prompt runs once; its rows share the result.
+    let (unique, row_prompt) = distinct(rows.iter().map(|r| r.prompt));
+    let (states, lasts) = prefill_distinct(model, &unique, prefill_chunk, 0)?;
+    let idx = Tensor::from_slice(&row_prompt.iter().map(|&u| u as i64).collect::<Vec<_>>())
         .to_device(dev);
-    let first = Tensor::cat(&lasts, 0).index_select(0, &idx); // [N, 1, V]
+    let first = lasts.index_select(0, &idx).unsqueeze(1); // [N, 1, V]
     let logits = if c > 1 {
-        let state = State::cat(&states.iter().collect::<Vec<_>>()).index_select(&idx);
+        let state = states.index_select(&idx);
         let mut input = vec![0i64; rows.len() * (c - 1)];
         for (i, r) in rows.iter().enumerate() {
             for (j, &t) in r.completion.iter().take(c - 1).enumerate() {

@@ -30,8 +30,8 @@ use crate::plugin::{
 };
 use crate::tokenizer::AutoTokenizer;
 use crate::train::checkpoint::{self, Snapshot, TrainerState};
-use crate::train::optim::{clip_grads, lr_at, AdamW, OptimParam};
-use crate::train::trainable_tensors;
+use crate::train::optim::{clip_grads, lr_at};
+use crate::train::TrainedParams;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -258,24 +258,13 @@ impl GrpoTrainer {
         let steps_per_rollout = (cfg.generate_every() / cfg.accumulate_grad_batches) as u64;
         let total_steps = per_epoch as u64 * steps_per_rollout * cfg.epoch_count as u64;
 
-        let named = trainable_tensors(&self.model);
-        let mixed = self.model.kind() != Kind::Float;
-        let master: Vec<Tensor> = if mixed {
-            named
-                .iter()
-                .map(|(_, t)| t.detach().to_kind(Kind::Float).copy())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let params: Vec<OptimParam> = named
-            .iter()
-            .enumerate()
-            .map(|(i, (n, t))| {
-                OptimParam::grouped(n, if mixed { &master[i] } else { t }, cfg.weight_decay)
-            })
-            .collect();
-        let mut opt = AdamW::new(params, cfg.beta1, cfg.beta2, cfg.adam_eps);
+        let mut params = TrainedParams::new(
+            &self.model,
+            cfg.weight_decay,
+            cfg.beta1,
+            cfg.beta2,
+            cfg.adam_eps,
+        );
 
         let mut state = TrainerState {
             name: String::new(),
@@ -291,24 +280,7 @@ impl GrpoTrainer {
             grpo: Some(cfg.to_json()),
         };
         let resumed = match &cfg.resume_from_checkpoint {
-            Some(spec) => {
-                let dir = checkpoint::resolve(spec, &proj)?;
-                let restored = checkpoint::load(&dir)?;
-                if restored.state.batcher != state.batcher
-                    || restored.state.data_fingerprint != state.data_fingerprint
-                {
-                    return Err(Error::checkpoint(
-                        &dir,
-                        "the prompts or micro_bsz/seed differ from the run that wrote this checkpoint; resume with the same data and settings",
-                    ));
-                }
-                let saved = checkpoint::restore(&dir, restored, &named, &master, &mut opt)?;
-                state.step = saved.step;
-                state.cursor = saved.cursor;
-                state.consecutive_bad_steps = saved.consecutive_bad_steps;
-                state.skipped_steps = saved.skipped_steps;
-                Some(saved.step)
-            }
+            Some(spec) => Some(params.resume(spec, &proj, &mut state)?),
             None => None,
         };
         let mut log = MetricsLogger::new(&MetricsConfig {
@@ -362,16 +334,7 @@ impl GrpoTrainer {
                     last_dump = Some(state.step);
                 }
                 rollout_rewards.push(ro.reward_mean);
-                self.train_on_rollout(
-                    &ro,
-                    number,
-                    &mut state,
-                    &mut opt,
-                    &named,
-                    &master,
-                    &mut log,
-                    total_steps,
-                )?;
+                self.train_on_rollout(&ro, number, &mut state, &mut params, &mut log, total_steps)?;
                 rollouts_done += 1;
                 if rollouts_done == 1 || rollouts_done.is_multiple_of(cfg.log_steps) {
                     log.event(format!(
@@ -402,7 +365,7 @@ impl GrpoTrainer {
                         };
                     }
                     at.name = format!("rwkv7-batch{}", state.step);
-                    let dir = self.save(&proj, &at, &opt, &named, &master)?;
+                    let dir = self.save(&proj, &at, &params)?;
                     last_save = state.step;
                     log.event(format!("saved {}", dir.display()));
                 }
@@ -412,7 +375,7 @@ impl GrpoTrainer {
                 position: 0,
             };
             state.name = format!("rwkv7-epoch{}", epoch + 1);
-            let dir = self.save(&proj, &state, &opt, &named, &master)?;
+            let dir = self.save(&proj, &state, &params)?;
             log.event(format!("saved {}", dir.display()));
         }
         let final_dir = proj.join("final");
@@ -673,15 +636,12 @@ impl GrpoTrainer {
     }
 
     /// The micro-batches of one rollout, `num_iterations` times over, with optimizer steps.
-    #[allow(clippy::too_many_arguments)]
     fn train_on_rollout(
         &mut self,
         ro: &Rollout,
         number: u64,
         state: &mut TrainerState,
-        opt: &mut AdamW,
-        named: &[(String, Tensor)],
-        master: &[Tensor],
+        params: &mut TrainedParams,
         log: &mut MetricsLogger,
         total_steps: u64,
     ) -> Result<()> {
@@ -726,17 +686,7 @@ impl GrpoTrainer {
                 continue;
             }
             // ---- one optimizer step ----
-            let grads: Vec<Tensor> = named
-                .iter()
-                .map(|(_, t)| {
-                    let g = t.grad();
-                    if g.defined() && g.kind() != Kind::Float {
-                        g.to_kind(Kind::Float)
-                    } else {
-                        g
-                    }
-                })
-                .collect();
+            let grads = params.grads(1.0);
             let grad_norm = clip_grads(&grads, cfg.grad_clip);
             let lr = lr_at(
                 state.step as i64,
@@ -747,13 +697,7 @@ impl GrpoTrainer {
             );
             let loss = sums.loss;
             if loss.is_finite() && grad_norm.is_finite() {
-                opt.step_with(lr, &grads);
-                if !master.is_empty() {
-                    let _g = tch::no_grad_guard();
-                    for ((_, t), m) in named.iter().zip(master) {
-                        t.shallow_clone().copy_(m);
-                    }
-                }
+                params.step(lr, &grads);
                 state.consecutive_bad_steps = 0;
             } else {
                 state.consecutive_bad_steps += 1;
@@ -769,9 +713,7 @@ impl GrpoTrainer {
                     )));
                 }
             }
-            for (_, t) in named {
-                t.shallow_clone().zero_grad();
-            }
+            params.zero_grad();
             state.step += 1;
             let tok = sums.tokens.max(1.0);
             let mut extra = ro.metrics.clone();
@@ -901,14 +843,7 @@ impl GrpoTrainer {
         }
     }
 
-    fn save(
-        &self,
-        proj: &Path,
-        state: &TrainerState,
-        opt: &AdamW,
-        named: &[(String, Tensor)],
-        master: &[Tensor],
-    ) -> Result<PathBuf> {
+    fn save(&self, proj: &Path, state: &TrainerState, params: &TrainedParams) -> Result<PathBuf> {
         checkpoint::save(
             proj,
             &Snapshot {
@@ -916,11 +851,11 @@ impl GrpoTrainer {
                 model: &self.model,
                 tokenizer: &self.tokenizer,
                 optimizer: if state.has_optimizer_state {
-                    opt.state_tensors()
+                    params.opt.state_tensors()
                 } else {
                     Vec::new()
                 },
-                trainable: checkpoint::trainable_snapshot(named, master),
+                trainable: params.snapshot(),
                 lora: self.lora.as_ref(),
             },
         )

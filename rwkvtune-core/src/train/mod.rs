@@ -4,11 +4,13 @@ pub mod checkpoint;
 pub mod config;
 pub mod loss;
 pub mod optim;
+pub mod params;
 pub mod trainer;
 
 pub use config::{Task, TrainConfig};
 pub use loss::{lm_loss, lm_loss_part, Loss, IGNORE_INDEX};
 pub use optim::{clip_grad_norm, clip_grads, lr_at, AdamW, OptimParam};
+pub use params::TrainedParams;
 pub use trainer::{
     evaluate, forward_backward, trainable_tensors, EvalResult, PretrainTrainer, SftTrainer,
     TrainOutcome, Trainer,

@@ -8,7 +8,8 @@
 use super::checkpoint::{self, Snapshot, TrainerState};
 use super::config::{Task, TrainConfig};
 use super::loss::{lm_loss_part, IGNORE_INDEX};
-use super::optim::{clip_grads, lr_at, AdamW, OptimParam};
+use super::optim::{clip_grads, lr_at};
+use super::params::TrainedParams;
 use crate::data::{Batch, Batcher, Cursor, Dataset};
 use crate::error::{Error, Result};
 use crate::hub::{parse_device, parse_kind, write_json};
@@ -17,7 +18,7 @@ use crate::model::{Rwkv7, State};
 use crate::tokenizer::AutoTokenizer;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// fp16 loss scaling: start, growth interval and bounds of the dynamic scale.
 const FP16_INIT_SCALE: f64 = 65536.0;
@@ -205,24 +206,13 @@ impl Trainer {
         let total_steps = steps_per_epoch * cfg.epoch_count as u64;
 
         // Parameters: the model's own tensors (fp32), or fp32 masters of low-precision ones.
-        let named = trainable_tensors(&self.model);
-        let mixed = self.model.kind() != Kind::Float;
-        let master: Vec<Tensor> = if mixed {
-            named
-                .iter()
-                .map(|(_, t)| t.detach().to_kind(Kind::Float).copy())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let params: Vec<OptimParam> = named
-            .iter()
-            .enumerate()
-            .map(|(i, (n, t))| {
-                OptimParam::grouped(n, if mixed { &master[i] } else { t }, cfg.weight_decay)
-            })
-            .collect();
-        let mut opt = AdamW::new(params, cfg.beta1, cfg.beta2, cfg.adam_eps);
+        let mut params = TrainedParams::new(
+            &self.model,
+            cfg.weight_decay,
+            cfg.beta1,
+            cfg.beta2,
+            cfg.adam_eps,
+        );
 
         let mut state = TrainerState {
             name: String::new(),
@@ -242,7 +232,7 @@ impl Trainer {
             grpo: None,
         };
         let resumed = match &cfg.resume_from_checkpoint {
-            Some(spec) => Some(self.resume(spec, &proj, &named, &master, &mut opt, &mut state)?),
+            Some(spec) => Some(params.resume(spec, &proj, &mut state)?),
             None => None,
         };
         let mut log = MetricsLogger::new(&MetricsConfig {
@@ -292,17 +282,7 @@ impl Trainer {
                 // ---- one optimizer step ----
                 let loss = micro_losses.iter().sum::<f64>() / micro_losses.len() as f64;
                 micro_losses.clear();
-                let grads: Vec<Tensor> = named
-                    .iter()
-                    .map(|(_, t)| {
-                        let g = t.grad();
-                        if g.defined() && (mixed || state.loss_scale != 1.0) {
-                            g.to_kind(Kind::Float) / state.loss_scale
-                        } else {
-                            g
-                        }
-                    })
-                    .collect();
+                let grads = params.grads(state.loss_scale);
                 let grad_norm = clip_grads(&grads, cfg.grad_clip);
                 let lr = lr_at(
                     state.step as i64,
@@ -321,13 +301,7 @@ impl Trainer {
                         &step_examples,
                     )?;
                 } else {
-                    opt.step_with(lr, &grads);
-                    if mixed {
-                        let _g = tch::no_grad_guard();
-                        for ((_, t), m) in named.iter().zip(&master) {
-                            t.shallow_clone().copy_(m);
-                        }
-                    }
+                    params.step(lr, &grads);
                     state.consecutive_bad_steps = 0;
                     if cfg.precision == "fp16" {
                         good_steps_since_growth += 1;
@@ -337,9 +311,7 @@ impl Trainer {
                         }
                     }
                 }
-                for (_, t) in &named {
-                    t.shallow_clone().zero_grad();
-                }
+                params.zero_grad();
                 state.step += 1;
                 last_loss = loss;
                 let mut m = StepMetrics {
@@ -366,7 +338,7 @@ impl Trainer {
                         };
                     }
                     state.name = format!("rwkv7-batch{}", state.step);
-                    let dir = self.save(&proj, &state, &opt, &named, &master)?;
+                    let dir = self.save(&proj, &state, &params)?;
                     log.event(format!("saved {}", dir.display()));
                     if state.cursor.epoch != epoch {
                         break;
@@ -380,7 +352,7 @@ impl Trainer {
             let last = state.cursor.epoch as usize == cfg.epoch_count;
             if (cfg.epoch_save > 0 && (epoch as usize + 1) % cfg.epoch_save == 0) || last {
                 state.name = format!("rwkv7-epoch{}", epoch + 1);
-                let dir = self.save(&proj, &state, &opt, &named, &master)?;
+                let dir = self.save(&proj, &state, &params)?;
                 log.event(format!("saved {}", dir.display()));
             }
         }
@@ -401,56 +373,20 @@ impl Trainer {
         })
     }
 
-    fn save(
-        &self,
-        proj: &Path,
-        state: &TrainerState,
-        opt: &AdamW,
-        named: &[(String, Tensor)],
-        master: &[Tensor],
-    ) -> Result<PathBuf> {
+    fn save(&self, proj: &Path, state: &TrainerState, params: &TrainedParams) -> Result<PathBuf> {
         let snap = Snapshot {
             state: state.clone(),
             model: &self.model,
             tokenizer: &self.tokenizer,
             optimizer: if state.has_optimizer_state {
-                opt.state_tensors()
+                params.opt.state_tensors()
             } else {
                 Vec::new()
             },
-            trainable: checkpoint::trainable_snapshot(named, master),
+            trainable: params.snapshot(),
             lora: self.lora.as_ref(),
         };
         checkpoint::save(proj, &snap)
-    }
-
-    /// Restores weights, optimizer moments, step and data cursor; returns the step resumed at.
-    fn resume(
-        &mut self,
-        spec: &str,
-        proj: &Path,
-        named: &[(String, Tensor)],
-        master: &[Tensor],
-        opt: &mut AdamW,
-        state: &mut TrainerState,
-    ) -> Result<u64> {
-        let dir = checkpoint::resolve(spec, proj)?;
-        let restored = checkpoint::load(&dir)?;
-        if restored.state.batcher != state.batcher
-            || restored.state.data_fingerprint != state.data_fingerprint
-        {
-            return Err(Error::checkpoint(
-                &dir,
-                "the training data or micro_bsz/seed differ from the run that wrote this checkpoint; resume with the same data and settings",
-            ));
-        }
-        let saved = checkpoint::restore(&dir, restored, named, master, opt)?;
-        state.step = saved.step;
-        state.cursor = saved.cursor;
-        state.consecutive_bad_steps = saved.consecutive_bad_steps;
-        state.skipped_steps = saved.skipped_steps;
-        state.loss_scale = saved.loss_scale;
-        Ok(saved.step)
     }
 
     /// A non-finite loss or gradient: no update, the batch recorded, the run stopped when it
