@@ -6,7 +6,7 @@
 //! at their inert default value and otherwise rejected with the reason ([`INERT`]).
 
 use crate::error::{Error, Result};
-use crate::train::config::{apply_overrides, read_config_file};
+use crate::train::config::layered;
 use crate::train::{Task, TrainConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -304,21 +304,9 @@ impl GrpoConfig {
     /// Layers a config file (`.toml` or `.json`; a `run_config.json` of an earlier GRPO run
     /// reproduces it) and `key=value` overrides over the defaults.
     pub fn resolve(file: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let mut value = serde_json::to_value(Self::default())
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        if let Some(path) = file {
-            let mut map = read_config_file(path)?;
-            strip_inert(&mut map, path)?;
-            for (k, v) in map {
-                value[k] = v;
-            }
-            let cfg: GrpoConfig = serde_json::from_value(value.clone())
-                .map_err(|e| Error::json(path, e.to_string()))?;
-            value = serde_json::to_value(cfg).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        }
-        apply_overrides(&mut value, overrides)?;
-        let cfg: GrpoConfig = serde_json::from_value(value)
-            .map_err(|e| Error::InvalidArgument(format!("config: {e}")))?;
+        let cfg: GrpoConfig = layered(&Self::default(), file, overrides, |path, map| {
+            strip_inert(map, path)
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }

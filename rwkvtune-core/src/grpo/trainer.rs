@@ -266,19 +266,13 @@ impl GrpoTrainer {
             cfg.adam_eps,
         );
 
-        let mut state = TrainerState {
-            name: String::new(),
-            step: 0,
-            cursor: Cursor::default(),
-            batcher: batcher.clone(),
-            data_fingerprint: self.dataset.fingerprint(),
-            consecutive_bad_steps: 0,
-            skipped_steps: 0,
-            loss_scale: 1.0,
-            has_optimizer_state: cfg.save_optimizer_state,
-            config: tcfg.clone(),
-            grpo: Some(cfg.to_json()),
-        };
+        let mut state = TrainerState::new(
+            batcher.clone(),
+            self.dataset.fingerprint(),
+            tcfg.clone(),
+            1.0,
+        );
+        state.grpo = Some(cfg.to_json());
         let resumed = match &cfg.resume_from_checkpoint {
             Some(spec) => Some(params.resume(spec, &proj, &mut state)?),
             None => None,
@@ -513,10 +507,14 @@ impl GrpoTrainer {
         // 5. Fixed log-probs: the sampling policy's when the policy moves while this rollout is
         //    in use, and the reference's when there is a KL term.
         let t = Instant::now();
-        let pairs: Vec<(Vec<u32>, Vec<u32>)> = rows
-            .iter()
-            .map(|r| (self.dataset.rows[r.prompt].ids.clone(), r.ids.clone()))
-            .collect();
+        let off_policy = cfg.generate_every() > cfg.accumulate_grad_batches;
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> = if !(off_policy || cfg.beta > 0.0) {
+            Vec::new()
+        } else {
+            rows.iter()
+                .map(|r| (self.dataset.rows[r.prompt].ids.clone(), r.ids.clone()))
+                .collect()
+        };
         let scored: Vec<ScoredRow> = pairs
             .iter()
             .map(|(p, c)| ScoredRow {
@@ -524,7 +522,7 @@ impl GrpoTrainer {
                 completion: c,
             })
             .collect();
-        if cfg.generate_every() > cfg.accumulate_grad_batches {
+        if off_policy {
             let _g = tch::no_grad_guard();
             let lp = score_with(
                 &self.model,

@@ -45,6 +45,30 @@ pub struct TrainerState {
     pub grpo: Option<serde_json::Value>,
 }
 
+impl TrainerState {
+    /// The state of a run that has not trained yet.
+    pub fn new(
+        batcher: Batcher,
+        data_fingerprint: u64,
+        config: TrainConfig,
+        loss_scale: f64,
+    ) -> Self {
+        TrainerState {
+            name: String::new(),
+            step: 0,
+            cursor: Cursor::default(),
+            batcher,
+            data_fingerprint,
+            consecutive_bad_steps: 0,
+            skipped_steps: 0,
+            loss_scale,
+            has_optimizer_state: config.save_optimizer_state,
+            config,
+            grpo: None,
+        }
+    }
+}
+
 /// What a checkpoint writer needs from the trainer.
 pub struct Snapshot<'a> {
     pub state: TrainerState,

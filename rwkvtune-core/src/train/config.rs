@@ -157,22 +157,11 @@ impl TrainConfig {
 
     /// Layers a config file (`.toml` or `.json`) and `key=value` overrides over the task defaults.
     pub fn resolve(task: Task, file: Option<&Path>, overrides: &[String]) -> Result<Self> {
-        let mut value = serde_json::to_value(Self::for_task(task))
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        if let Some(path) = file {
-            for (k, v) in read_config_file(path)? {
-                // A run_config.json carries the task it was written for; the command decides.
-                if k != "task" {
-                    value[k] = v;
-                }
-            }
-            let cfg: TrainConfig = serde_json::from_value(value.clone())
-                .map_err(|e| Error::json(path, e.to_string()))?;
-            value = serde_json::to_value(cfg).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        }
-        apply_overrides(&mut value, overrides)?;
-        let cfg: TrainConfig = serde_json::from_value(value)
-            .map_err(|e| Error::InvalidArgument(format!("config: {e}")))?;
+        let cfg: TrainConfig = layered(&Self::for_task(task), file, overrides, |_, map| {
+            // A run_config.json carries the task it was written for; the command decides.
+            map.remove("task");
+            Ok(())
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -258,8 +247,32 @@ impl TrainConfig {
     }
 }
 
+/// `defaults` ← the table of `file` (after `prepare` edits it) ← `--set` overrides, parsed as
+/// `T` (unknown names are errors; file errors name the file). Validation is the caller's.
+pub(crate) fn layered<T: Serialize + serde::de::DeserializeOwned>(
+    defaults: &T,
+    file: Option<&Path>,
+    overrides: &[String],
+    prepare: impl FnOnce(&Path, &mut serde_json::Map<String, serde_json::Value>) -> Result<()>,
+) -> Result<T> {
+    let mut value =
+        serde_json::to_value(defaults).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    if let Some(path) = file {
+        let mut map = read_config_file(path)?;
+        prepare(path, &mut map)?;
+        for (k, v) in map {
+            value[k] = v;
+        }
+        let cfg: T =
+            serde_json::from_value(value.clone()).map_err(|e| Error::json(path, e.to_string()))?;
+        value = serde_json::to_value(cfg).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    }
+    apply_overrides(&mut value, overrides)?;
+    serde_json::from_value(value).map_err(|e| Error::InvalidArgument(format!("config: {e}")))
+}
+
 /// The table of a config file (`.toml`, else JSON), errors naming the file.
-pub(crate) fn read_config_file(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
+fn read_config_file(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let layer: serde_json::Value = if path.extension().and_then(|e| e.to_str()) == Some("toml") {
         let t: toml::Value = toml::from_str(&text).map_err(|e| Error::json(path, e.to_string()))?;
@@ -275,7 +288,7 @@ pub(crate) fn read_config_file(path: &Path) -> Result<serde_json::Map<String, se
 
 /// Applies `--set key=value` overrides to a config's JSON form; `a.b=v` sets a nested field.
 /// Only existing fields can be set, so a misspelt name is an error.
-pub(crate) fn apply_overrides(value: &mut serde_json::Value, overrides: &[String]) -> Result<()> {
+fn apply_overrides(value: &mut serde_json::Value, overrides: &[String]) -> Result<()> {
     for o in overrides {
         let (k, v) = o.split_once('=').ok_or_else(|| {
             Error::InvalidArgument(format!(

@@ -214,23 +214,16 @@ impl Trainer {
             cfg.adam_eps,
         );
 
-        let mut state = TrainerState {
-            name: String::new(),
-            step: 0,
-            cursor: Cursor::default(),
-            batcher: batcher.clone(),
-            data_fingerprint: self.dataset.fingerprint(),
-            consecutive_bad_steps: 0,
-            skipped_steps: 0,
-            loss_scale: if cfg.precision == "fp16" {
+        let mut state = TrainerState::new(
+            batcher.clone(),
+            self.dataset.fingerprint(),
+            cfg.clone(),
+            if cfg.precision == "fp16" {
                 FP16_INIT_SCALE
             } else {
                 1.0
             },
-            has_optimizer_state: cfg.save_optimizer_state,
-            config: cfg.clone(),
-            grpo: None,
-        };
+        );
         let resumed = match &cfg.resume_from_checkpoint {
             Some(spec) => Some(params.resume(spec, &proj, &mut state)?),
             None => None,
