@@ -13,7 +13,13 @@ fn main() {
         .join("include");
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
-    for f in ["csrc/wkv7.cpp", "csrc/checkpoint.cpp", "csrc/shim.h"] {
+    for f in [
+        "csrc/wkv7.cpp",
+        "csrc/checkpoint.cpp",
+        "csrc/head_ce.cpp",
+        "csrc/adamw.cpp",
+        "csrc/shim.h",
+    ] {
         println!("cargo:rerun-if-changed={f}");
     }
     cc::Build::new()
@@ -28,6 +34,8 @@ fn main() {
         .flag("-w")
         .file("csrc/wkv7.cpp")
         .file("csrc/checkpoint.cpp")
+        .file("csrc/head_ce.cpp")
+        .file("csrc/adamw.cpp")
         .compile("rwkvtune_kernels");
     // Dependents (the core crate and the CLI) read this to bake an rpath into their binaries.
     println!("cargo:libtorch_lib={}", lib.display());

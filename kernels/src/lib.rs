@@ -1,12 +1,15 @@
-//! The RWKV-7 `wkv7` recurrence as a libtorch autograd op.
+//! The C++ libtorch ops rwkvtune needs and tch cannot express: custom autograd Functions and a
+//! fused optimizer kernel, behind a small C ABI (`csrc/shim.h`).
 //!
-//! `S_t = S_{t-1} (diag(w_t) + a_t b_tᵀ) + v_t k_tᵀ`, `y_t = S_t r_t`, per batch element and head,
-//! with the state `S` ∈ ℝ^{N×N} (row = value channel, column = key channel). The op lives in
-//! `csrc/wkv7.cpp` as a C++ `torch::autograd::Function` (tch has no custom autograd functions), so
-//! `backward()` from Rust reaches every input, the initial state included.
-//!
-//! Numerics: the recurrence accumulates in fp32 (fp64 when the inputs are fp64) whatever the input
-//! dtype; the returned state is always in that accumulation dtype, never bf16/fp16.
+//! - [`wkv7`]: the RWKV-7 recurrence `S_t = S_{t-1} (diag(w_t) + a_t b_tᵀ) + v_t k_tᵀ`,
+//!   `y_t = S_t r_t`, per batch element and head, with the state `S` ∈ ℝ^{N×N} (row = value
+//!   channel, column = key channel); `backward()` from Rust reaches every input, the initial state
+//!   included. It accumulates in fp32 (fp64 for fp64 inputs) whatever the input dtype; the
+//!   returned state is always in that accumulation dtype, never bf16/fp16.
+//! - [`head_ce`]: output head + token cross-entropy + L2Wrap, chunked so the logits never exist
+//!   whole.
+//! - [`checkpoint`]: reentrant activation checkpointing of a Rust closure.
+//! - [`adamw_step`]: one AdamW update through libtorch's fused kernel; [`clear_grad`].
 
 use std::ffi::{c_char, CStr};
 use tch::Tensor;
@@ -188,4 +191,126 @@ where
         .iter()
         .map(|&p| unsafe { Tensor::from_ptr(p) })
         .collect())
+}
+
+// ---- output head + cross-entropy ---------------------------------------------------------------
+
+extern "C" {
+    fn rwkvtune_head_ce(
+        x: *const C_tensor,
+        weight: *const C_tensor,
+        labels: *const C_tensor,
+        ce_scale: f64,
+        l2_scale: f64,
+        loss_out: *mut *mut C_tensor,
+    ) -> i32;
+}
+
+/// The language-modelling loss of hidden states `x` [N, C] under the head `weight` [V, C],
+/// without materialising the [N, V] logits: `ce_scale · Σ_{scored r} (logsumexp(z_r) − z_r[y_r])`
+/// with `z = x weightᵀ` and `labels` [N] int64 (−100 = not scored).
+///
+/// The gradient additionally carries L2Wrap: `l2_scale · max(z_r)` at the argmax of every row
+/// (scored or not); 0 turns it off. Returns a 0-dim tensor (fp32, fp64 for fp64 inputs) whose
+/// `backward()` reaches `x` and `weight` in their own dtypes. The logits are computed in the
+/// inputs' dtype, everything after them in fp32/fp64.
+pub fn head_ce(
+    x: &Tensor,
+    weight: &Tensor,
+    labels: &Tensor,
+    ce_scale: f64,
+    l2_scale: f64,
+) -> Result<Tensor, KernelError> {
+    let mut loss: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: live tch tensors in; on success one new heap tensor out, owned by tch from here.
+    let rc = unsafe {
+        rwkvtune_head_ce(
+            x.as_ptr(),
+            weight.as_ptr(),
+            labels.as_ptr(),
+            ce_scale,
+            l2_scale,
+            &mut loss,
+        )
+    };
+    if rc != 0 {
+        return Err(last_error());
+    }
+    // SAFETY: see above.
+    Ok(unsafe { Tensor::from_ptr(loss) })
+}
+
+// ---- fused AdamW -------------------------------------------------------------------------------
+
+extern "C" {
+    fn rwkvtune_adamw(
+        param: *const C_tensor,
+        grad: *const C_tensor,
+        exp_avg: *const C_tensor,
+        exp_avg_sq: *const C_tensor,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        step: i64,
+        grad_scale: f64,
+    ) -> i32;
+    fn rwkvtune_clear_grad(t: *const C_tensor) -> i32;
+}
+
+/// Hyper-parameters of one [`adamw_step`].
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
+    pub eps: f64,
+    /// The step being taken, counted from 1 (bias correction).
+    pub step: i64,
+    /// Multiplies the gradient before use (gradient clipping's coefficient; 1 for none).
+    pub grad_scale: f64,
+}
+
+/// Updates `param`, `exp_avg` and `exp_avg_sq` (fp32, contiguous) in place with decoupled weight
+/// decay, in one pass: `p ← p(1 − lr·wd)`, `m ← β1 m + (1−β1) g`, `v ← β2 v + (1−β2) g²`,
+/// `p ← p − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + eps)`, with `g = grad_scale · grad`.
+pub fn adamw_step(
+    param: &Tensor,
+    grad: &Tensor,
+    exp_avg: &Tensor,
+    exp_avg_sq: &Tensor,
+    h: AdamWStep,
+) -> Result<(), KernelError> {
+    // SAFETY: live tch tensors; the op mutates param and the moments in place, nothing is returned.
+    let rc = unsafe {
+        rwkvtune_adamw(
+            param.as_ptr(),
+            grad.as_ptr(),
+            exp_avg.as_ptr(),
+            exp_avg_sq.as_ptr(),
+            h.lr,
+            h.beta1,
+            h.beta2,
+            h.weight_decay,
+            h.eps,
+            h.step,
+            h.grad_scale,
+        )
+    };
+    if rc != 0 {
+        return Err(last_error());
+    }
+    Ok(())
+}
+
+/// Drops `t`'s gradient (PyTorch's `zero_grad(set_to_none=True)`): the next backward stores its
+/// result as the new `.grad` instead of adding it into a zeroed buffer.
+pub fn clear_grad(t: &Tensor) -> Result<(), KernelError> {
+    // SAFETY: a live tch tensor; only its grad slot changes.
+    if unsafe { rwkvtune_clear_grad(t.as_ptr()) } != 0 {
+        return Err(last_error());
+    }
+    Ok(())
 }

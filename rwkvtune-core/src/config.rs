@@ -86,7 +86,7 @@ impl ModelConfig {
                 return Err(format!("field `{name}` must be positive"));
             }
         }
-        if self.n_embd % self.head_size_a != 0 {
+        if !self.n_embd.is_multiple_of(self.head_size_a) {
             return Err(format!(
                 "n_embd {} is not a multiple of head_size_a {}",
                 self.n_embd, self.head_size_a

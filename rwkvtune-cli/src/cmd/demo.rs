@@ -270,8 +270,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
         64,
         model.dims.vocab_size,
     )?;
-    let mut cfg = GrpoConfig::default();
-    cfg.proj_dir = out.join("grpo").display().to_string();
+    let mut cfg = GrpoConfig {
+        proj_dir: out.join("grpo").display().to_string(),
+        ..GrpoConfig::default()
+    };
     (
         cfg.micro_bsz,
         cfg.num_generations,
@@ -323,8 +325,7 @@ fn exact_match(batch: &RolloutBatch) -> std::result::Result<Vec<Option<f32>>, St
                 .to_string();
             let last = batch.completions[i]
                 .split(|c: char| !c.is_ascii_digit() && c != '-')
-                .filter(|w| !w.is_empty() && *w != "-")
-                .next_back()
+                .rfind(|w| !w.is_empty() && *w != "-")
                 .map(str::to_string);
             Some(if last.as_deref() == Some(truth.as_str()) {
                 1.0

@@ -274,7 +274,7 @@ fn sampling_probs(logits: &Tensor, p: &SamplingParams, bias: Option<&Tensor>) ->
         logits.shallow_clone()
     };
     if let Some(b) = bias {
-        z = z + b;
+        z += b;
     }
     z.softmax(-1, Kind::Float)
 }

@@ -695,7 +695,7 @@ impl GrpoTrainer {
             );
             let loss = sums.loss;
             if loss.is_finite() && grad_norm.is_finite() {
-                params.step(lr, &grads);
+                params.step(lr, &grads)?;
                 state.consecutive_bad_steps = 0;
             } else {
                 state.consecutive_bad_steps += 1;
@@ -711,7 +711,7 @@ impl GrpoTrainer {
                     )));
                 }
             }
-            params.zero_grad();
+            params.zero_grad()?;
             state.step += 1;
             let tok = sums.tokens.max(1.0);
             let mut extra = ro.metrics.clone();

@@ -171,7 +171,7 @@ pub fn merge_lora(opts: &MergeOptions) -> Result<MergeReport> {
             .iter()
             .any(|(n, _, from_adapter)| *n == "tokenizer_config.json" && *from_adapter)
         {
-            let tok = AutoTokenizer::from_pretrained(&stage)?;
+            let tok = AutoTokenizer::from_pretrained(stage)?;
             if let Some(eos) = tok.eos_token_id {
                 config.eos_token_id = Some(eos);
                 gen.eos_token_id = Some(eos);
@@ -181,7 +181,7 @@ pub fn merge_lora(opts: &MergeOptions) -> Result<MergeReport> {
         write_json(&stage.join("config.json"), &config.to_json())?;
         write_json(
             &stage.join("generation_config.json"),
-            &serde_json::to_value(&gen).map_err(|e| Error::json(&stage, e.to_string()))?,
+            &serde_json::to_value(&gen).map_err(|e| Error::json(stage, e.to_string()))?,
         )?;
         let cfg = &layout.config;
         write_json(

@@ -48,6 +48,15 @@ impl Linear {
         Linear { weight, lora: None }
     }
 
+    /// The weight alone when it is the whole layer (no adapter, or one that is disabled or
+    /// merged), so fused kernels may use it in place of [`Linear::forward`].
+    pub fn plain_weight(&self) -> Option<&Tensor> {
+        match &self.lora {
+            Some(l) if l.enabled && !l.merged => None,
+            _ => Some(&self.weight),
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let y = x.linear::<&Tensor>(&self.weight, None);
         match self.lora.as_ref().and_then(|l| l.forward(x)) {
@@ -370,6 +379,20 @@ impl Rwkv7 {
         state: Option<&State>,
         logits_to_keep: Option<i64>,
     ) -> Result<(Tensor, State)> {
+        let (mut x, state) = self.forward_hidden(ids, state)?;
+        let t = x.size()[1];
+        if let Some(keep) = logits_to_keep {
+            if keep < t {
+                x = x.narrow(1, t - keep.max(1), keep.max(1));
+            }
+        }
+        Ok((self.head.forward(&x), state))
+    }
+
+    /// [`Rwkv7::forward`] up to the head: the `ln_out`-normalised hidden states [B, T, C] the head
+    /// turns into logits. Training feeds them to a fused head + loss
+    /// ([`crate::train::head_loss_part`]) so that [B, T, V] logits are never materialised.
+    pub fn forward_hidden(&self, ids: &Tensor, state: Option<&State>) -> Result<(Tensor, State)> {
         let (b, t) = ids.size2()?;
         if t < 1 {
             return Err(Error::InvalidArgument(
@@ -401,13 +424,7 @@ impl Rwkv7 {
             x = y;
             layers.push(s);
         }
-        if let Some(keep) = logits_to_keep {
-            if keep < t {
-                x = x.narrow(1, t - keep.max(1), keep.max(1));
-            }
-        }
-        let logits = self.head.forward(&self.ln_out.forward(&x));
-        Ok((logits, State { layers }))
+        Ok((self.ln_out.forward(&x), State { layers }))
     }
 
     /// Rejects ids outside the embedding table before libtorch turns them into an abort.

@@ -6,6 +6,8 @@
 //! from drifting upward. Equivalently, the extra loss `0.5 · (1e-4/(B·T)) · Σ m²` with the argmax
 //! held fixed — which is how it is built here, with its value subtracted back out.
 
+use crate::error::Result;
+use crate::model::Linear;
 use tch::{Kind, Reduction, Tensor};
 
 /// Label value of positions that are not scored.
@@ -22,15 +24,67 @@ pub struct Loss {
     pub n_tokens: i64,
 }
 
-/// `logits` [B, T, V] (any float dtype; computed in fp32), `labels` [B, T] pre-shifted: `labels[b][t]`
-/// is the target of position t, [`IGNORE_INDEX`] for unscored positions.
-pub fn lm_loss(logits: &Tensor, labels: &Tensor, l2wrap: bool) -> Loss {
-    let (b, t) = (logits.size()[0], logits.size()[1]);
+/// The loss of a whole batch: `hidden` [B, T, C] are the model's final hidden states
+/// ([`crate::model::Rwkv7::forward_hidden`]), `labels` [B, T] pre-shifted: `labels[b][t]` is the
+/// target of position t, [`IGNORE_INDEX`] for unscored positions.
+pub fn head_loss(head: &Linear, hidden: &Tensor, labels: &Tensor, l2wrap: bool) -> Result<Loss> {
+    let (b, t) = (hidden.size()[0], hidden.size()[1]);
     let n = labels.ne(IGNORE_INDEX).sum(Kind::Int64).int64_value(&[]);
-    lm_loss_part(logits, labels, l2wrap, n, b * t)
+    head_loss_part(head, hidden, labels, l2wrap, n, b * t)
 }
 
-/// The share of a larger batch's loss that `logits`/`labels` (a chunk of it) contribute: the
+/// [`lm_loss_part`] from hidden states through `head`, without forming the [B, T, V] logits: the
+/// fused, row-chunked kernel [`rwkvtune_kernels::head_ce`] computes the same value and gradients
+/// (a float64 test checks it). A head with an active LoRA adapter takes the unfused path.
+pub fn head_loss_part(
+    head: &Linear,
+    hidden: &Tensor,
+    labels: &Tensor,
+    l2wrap: bool,
+    token_denominator: i64,
+    row_denominator: i64,
+) -> Result<Loss> {
+    let Some(weight) = head.plain_weight() else {
+        return Ok(lm_loss_part(
+            &head.forward(hidden),
+            labels,
+            l2wrap,
+            token_denominator,
+            row_denominator,
+        ));
+    };
+    let c = hidden.size()[hidden.dim() - 1];
+    let labels = labels
+        .to_device(hidden.device())
+        .to_kind(Kind::Int64)
+        .reshape([-1]);
+    let n_tokens = labels.ne(IGNORE_INDEX).sum(Kind::Int64).int64_value(&[]);
+    let ce_scale = if token_denominator > 0 {
+        1.0 / token_denominator as f64
+    } else {
+        0.0
+    };
+    let l2_scale = if l2wrap {
+        L2WRAP_FACTOR / row_denominator.max(1) as f64
+    } else {
+        0.0
+    };
+    let objective = rwkvtune_kernels::head_ce(
+        &hidden.reshape([-1, c]),
+        weight,
+        &labels,
+        ce_scale,
+        l2_scale,
+    )?;
+    Ok(Loss {
+        ce: objective.double_value(&[]),
+        objective,
+        n_tokens,
+    })
+}
+
+/// The share of a larger batch's loss that `logits` [B, T, V] (any float dtype; computed in fp32)
+/// and `labels` (a chunk of the batch) contribute — the unfused form of [`head_loss_part`]: the
 /// cross-entropy summed over this part's labelled tokens divided by `token_denominator` (the
 /// whole batch's labelled tokens), and L2Wrap scaled by `row_denominator` (the whole batch's
 /// B·T). Summing the parts of a split batch gives exactly the loss and gradient of the whole.
@@ -84,7 +138,7 @@ mod tests {
         let labels = Tensor::from_slice(&[2i64, IGNORE_INDEX]).view([1, 2]);
         let grad = |wrap| {
             let x = logits.detach().copy().set_requires_grad(true);
-            let l = lm_loss(&x, &labels, wrap);
+            let l = lm_loss_part(&x, &labels, wrap, 1, 2);
             l.objective.backward();
             (l.ce, x.grad())
         };
@@ -106,7 +160,7 @@ mod tests {
         // Two rows with 1 and 3 scored tokens: one mean over 4 tokens, not a mean of row means.
         let logits = Tensor::randn([2, 3, 5], (Kind::Float, Device::Cpu));
         let labels = Tensor::from_slice(&[1i64, -100, -100, 0, 2, 4]).view([2, 3]);
-        let l = lm_loss(&logits, &labels, false);
+        let l = lm_loss_part(&logits, &labels, false, 4, 6);
         let logp = logits.log_softmax(-1, Kind::Float);
         let pick = |b: i64, t: i64, v: i64| -logp.double_value(&[b, t, v]);
         let want = (pick(0, 0, 1) + pick(1, 0, 0) + pick(1, 1, 2) + pick(1, 2, 4)) / 4.0;

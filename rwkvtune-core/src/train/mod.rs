@@ -8,7 +8,7 @@ pub mod params;
 pub mod trainer;
 
 pub use config::{Task, TrainConfig};
-pub use loss::{lm_loss, lm_loss_part, Loss, IGNORE_INDEX};
+pub use loss::{head_loss, head_loss_part, lm_loss_part, Loss, IGNORE_INDEX};
 pub use optim::{clip_grad_norm, clip_grads, lr_at, AdamW, OptimParam};
 pub use params::TrainedParams;
 pub use trainer::{

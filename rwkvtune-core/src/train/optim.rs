@@ -4,6 +4,7 @@
 //! Parameter groups follow the official RWKV recipe: weight decay only on 2-D `.weight` matrices,
 //! `att.w0` (the decay bias) at 2× the learning rate, everything else 1×.
 
+use rwkvtune_kernels::{adamw_step, clear_grad, AdamWStep, KernelError};
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
@@ -58,52 +59,47 @@ impl AdamW {
     }
 
     /// One update with base learning rate `lr`, reading each parameter's own `.grad()`.
-    pub fn step(&mut self, lr: f64) {
+    pub fn step(&mut self, lr: f64) -> Result<(), KernelError> {
         let grads: Vec<Tensor> = self.params.iter().map(|p| p.tensor.grad()).collect();
-        self.step_with(lr, &grads);
+        self.step_with(lr, &grads)
     }
 
     /// One update from explicit gradients (one per parameter, in order; an undefined tensor
     /// leaves that parameter alone). Mixed precision passes the fp32-upcast gradients of the
     /// low-precision model here while `params` are the fp32 master weights.
-    pub fn step_with(&mut self, lr: f64, grads: &[Tensor]) {
+    pub fn step_with(&mut self, lr: f64, grads: &[Tensor]) -> Result<(), KernelError> {
         let _guard = tch::no_grad_guard();
         self.step += 1;
-        let bc1 = 1.0 - self.beta1.powi(self.step as i32);
-        let bc2_sqrt = (1.0 - self.beta2.powi(self.step as i32)).sqrt();
-        for (i, (p, g)) in self.params.iter_mut().zip(grads).enumerate() {
+        for (i, (p, g)) in self.params.iter().zip(grads).enumerate() {
             if !g.defined() {
                 continue;
             }
-            let g = g.to_kind(Kind::Float);
-            let lr = lr * p.lr_scale;
-            let mut w = p.tensor.shallow_clone();
-            if p.weight_decay != 0.0 {
-                w *= 1.0 - lr * p.weight_decay;
-            }
-            // In-place updates with two temporaries per tensor (g², the denominator): the
-            // optimizer touches every parameter each step, so allocations here cost throughput.
-            let m = &mut self.exp_avg[i];
-            let _ = m.lerp_(&g, 1.0 - self.beta1);
-            let v = &mut self.exp_avg_sq[i];
-            let _ = v.lerp_(&g.square(), 1.0 - self.beta2);
-            // w -= (lr / bc1) · m / (√v / √bc2 + eps), as PyTorch orders it.
-            let mut denom = v.sqrt();
-            denom /= bc2_sqrt;
-            denom += self.eps;
-            denom *= -bc1 / lr;
-            if w.kind() == Kind::Float {
-                let _ = w.addcdiv_(m, &denom);
-            } else {
-                w += (&*m / &denom).to_kind(w.kind());
-            }
+            // One fused pass over parameter, gradient and moments (fp32: masters under mixed
+            // precision, the model's own tensors otherwise).
+            adamw_step(
+                &p.tensor,
+                g,
+                &self.exp_avg[i],
+                &self.exp_avg_sq[i],
+                AdamWStep {
+                    lr: lr * p.lr_scale,
+                    beta1: self.beta1,
+                    beta2: self.beta2,
+                    weight_decay: p.weight_decay,
+                    eps: self.eps,
+                    step: self.step,
+                    grad_scale: 1.0,
+                },
+            )?;
         }
+        Ok(())
     }
 
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.tensor.zero_grad();
+    pub fn zero_grad(&mut self) -> Result<(), KernelError> {
+        for p in &self.params {
+            clear_grad(&p.tensor)?;
         }
+        Ok(())
     }
 
     /// The moments by parameter name (`exp_avg/<name>`, `exp_avg_sq/<name>`), for checkpoints.
@@ -216,7 +212,7 @@ mod tests {
             0.99,
             1e-8,
         );
-        opt.step(1e-3);
+        opt.step(1e-3).unwrap();
         let got: Vec<f32> = Vec::try_from(w.detach()).unwrap();
         assert!(
             (got[0] - 0.999).abs() < 1e-6 && (got[1] - 2.001).abs() < 1e-6 && got[2] == 3.0,

@@ -57,20 +57,22 @@ impl TrainedParams {
     }
 
     /// One AdamW step with `grads`, then the updated masters copied into the model.
-    pub fn step(&mut self, lr: f64, grads: &[Tensor]) {
-        self.opt.step_with(lr, grads);
+    pub fn step(&mut self, lr: f64, grads: &[Tensor]) -> Result<()> {
+        self.opt.step_with(lr, grads)?;
         if !self.master.is_empty() {
             let _g = tch::no_grad_guard();
             for ((_, t), m) in self.named.iter().zip(&self.master) {
                 t.shallow_clone().copy_(m);
             }
         }
+        Ok(())
     }
 
-    pub fn zero_grad(&self) {
+    pub fn zero_grad(&self) -> Result<()> {
         for (_, t) in &self.named {
-            t.shallow_clone().zero_grad();
+            rwkvtune_kernels::clear_grad(t)?;
         }
+        Ok(())
     }
 
     /// What a checkpoint stores of them (fp32; the masters under mixed precision).

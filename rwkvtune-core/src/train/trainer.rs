@@ -7,7 +7,7 @@
 
 use super::checkpoint::{self, Snapshot, TrainerState};
 use super::config::{Task, TrainConfig};
-use super::loss::{lm_loss_part, IGNORE_INDEX};
+use super::loss::{head_loss_part, IGNORE_INDEX};
 use super::optim::{clip_grads, lr_at};
 use super::params::TrainedParams;
 use crate::data::{Batch, Batcher, Cursor, Dataset};
@@ -45,7 +45,7 @@ pub struct MicroLoss {
 /// `grad_scale` multiplies the objective (1/accumulation, times the fp16 loss scale).
 ///
 /// infctx splits the sequence into `chunk_ctx` chunks carrying the recurrent state. Each chunk's
-/// loss is its share of the whole micro-batch's token-mean ([`lm_loss_part`]), so full BPTT gives
+/// loss is its share of the whole micro-batch's token-mean ([`head_loss_part`]), so full BPTT gives
 /// exactly the gradients of normal mode, and truncated BPTT the same value with gradients cut at
 /// chunk borders.
 pub fn forward_backward(
@@ -74,14 +74,15 @@ pub fn forward_backward(
     let mut start = 0;
     while start < t {
         let len = chunk.min(t - start);
-        let (logits, s) = model.forward(&ids.narrow(1, start, len), state.as_ref(), None)?;
-        let part = lm_loss_part(
-            &logits,
+        let (hidden, s) = model.forward_hidden(&ids.narrow(1, start, len), state.as_ref())?;
+        let part = head_loss_part(
+            &model.head,
+            &hidden,
             &labels.narrow(1, start, len),
             cfg.l2wrap,
             tokens,
             b * t,
-        );
+        )?;
         ce += part.ce;
         if cfg.truncated_bptt || !cfg.infctx() {
             (part.objective * grad_scale).backward();
@@ -294,7 +295,7 @@ impl Trainer {
                         &step_examples,
                     )?;
                 } else {
-                    params.step(lr, &grads);
+                    params.step(lr, &grads)?;
                     state.consecutive_bad_steps = 0;
                     if cfg.precision == "fp16" {
                         good_steps_since_growth += 1;
@@ -304,7 +305,7 @@ impl Trainer {
                         }
                     }
                 }
-                params.zero_grad();
+                params.zero_grad()?;
                 state.step += 1;
                 last_loss = loss;
                 let mut m = StepMetrics {
@@ -322,7 +323,8 @@ impl Trainer {
                 log.log_step(&m)?;
                 step_tokens = 0;
                 step_examples.clear();
-                if cfg.save_every_n_batches > 0 && state.step % cfg.save_every_n_batches as u64 == 0
+                if cfg.save_every_n_batches > 0
+                    && state.step.is_multiple_of(cfg.save_every_n_batches as u64)
                 {
                     if state.cursor.position == per_epoch {
                         state.cursor = Cursor {
@@ -343,7 +345,7 @@ impl Trainer {
                 position: 0,
             };
             let last = state.cursor.epoch as usize == cfg.epoch_count;
-            if (cfg.epoch_save > 0 && (epoch as usize + 1) % cfg.epoch_save == 0) || last {
+            if (cfg.epoch_save > 0 && (epoch as usize + 1).is_multiple_of(cfg.epoch_save)) || last {
                 state.name = format!("rwkv7-epoch{}", epoch + 1);
                 let dir = self.save(&proj, &state, &params)?;
                 log.event(format!("saved {}", dir.display()));
@@ -445,9 +447,9 @@ pub fn evaluate(model: &Rwkv7, dataset: &Dataset, micro_bsz: usize) -> Result<Ev
             .view([b, t])
             .to_device(model.device());
         let labels = Tensor::from_slice(&batch.labels).view([b, t]);
-        let (logits, _) = model.forward(&ids, None, None)?;
+        let (hidden, _) = model.forward_hidden(&ids, None)?;
         // Sum of token losses: denominator 1.
-        let part = lm_loss_part(&logits, &labels, false, 1, b * t);
+        let part = head_loss_part(&model.head, &hidden, &labels, false, 1, b * t)?;
         sum += part.ce;
         tokens += part.n_tokens as u64;
     }

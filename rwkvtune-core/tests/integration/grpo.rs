@@ -209,8 +209,10 @@ fn dataset() -> PromptDataset {
 }
 
 fn config(dir: &std::path::Path) -> GrpoConfig {
-    let mut c = GrpoConfig::default();
-    c.proj_dir = dir.display().to_string();
+    let mut c = GrpoConfig {
+        proj_dir: dir.display().to_string(),
+        ..GrpoConfig::default()
+    };
     (c.micro_bsz, c.num_generations, c.max_completion_length) = (4, 6, 6);
     (
         c.steps_per_generation,
@@ -449,13 +451,9 @@ fn lora_reference_stays_the_base_model_after_training() {
             .unwrap()
             .logp
     };
-    for j in 0..3 {
+    for (j, &r) in reference[0].iter().take(3).enumerate() {
         let b = base.double_value(&[0, j as i64]);
-        assert!(
-            (reference[0][j] as f64 - b).abs() < 1e-5,
-            "{j}: {} vs {b}",
-            reference[0][j]
-        );
+        assert!((r as f64 - b).abs() < 1e-5, "{j}: {r} vs {b}");
     }
     // ...while the trained policy has moved away from it.
     assert!(max_abs_diff(&policy, &base) > 1e-3);

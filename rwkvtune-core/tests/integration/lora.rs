@@ -5,7 +5,7 @@ use crate::common::*;
 use rwkvtune_core::hub::{AutoModel, WeightFormat};
 use rwkvtune_core::lora::{self, LoraConfig};
 use rwkvtune_core::model::Rwkv7;
-use rwkvtune_core::train::{clip_grad_norm, lm_loss, AdamW, OptimParam};
+use rwkvtune_core::train::{clip_grad_norm, head_loss, AdamW, OptimParam};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -37,8 +37,8 @@ fn grads(
     for (_, mut t) in lora::trainable_tensors(model) {
         t.zero_grad();
     }
-    let (logits, _) = model.forward(&case["input_ids"], None, None).unwrap();
-    let loss = lm_loss(&logits, &case["labels"], l2wrap);
+    let (hidden, _) = model.forward_hidden(&case["input_ids"], None).unwrap();
+    let loss = head_loss(&model.head, &hidden, &case["labels"], l2wrap).unwrap();
     loss.objective.backward();
     let g = lora::trainable_tensors(model)
         .into_iter()
@@ -138,8 +138,11 @@ fn lora_step_matches_reference() {
         .collect();
     clip_grad_norm(&params, 1.0);
     let mut opt = AdamW::new(params, 0.9, 0.99, 1e-8);
-    opt.step(1e-3);
-    let after = lm_loss(&logits(&model, &case["input_ids"]), &case["labels"], false).ce;
+    opt.step(1e-3).unwrap();
+    let (hidden, _) = model.forward_hidden(&case["input_ids"], None).unwrap();
+    let after = head_loss(&model.head, &hidden, &case["labels"], false)
+        .unwrap()
+        .ce;
     let want = case["loss_after_step"].double_value(&[0]);
     assert!(
         (after - want).abs() <= 1e-4 * want,
@@ -159,12 +162,18 @@ fn train_a_little(cfg: &LoraConfig) -> (Rwkv7, lora::LoraLayout) {
     tch::manual_seed(11);
     for _ in 0..4 {
         let ids = Tensor::randint_low(1, 999, [2, 17], (Kind::Int64, Device::Cpu));
-        let (logits, _) = model.forward(&ids.narrow(1, 0, 16), None, None).unwrap();
-        lm_loss(&logits, &ids.narrow(1, 1, 16).contiguous(), true)
-            .objective
-            .backward();
-        opt.step(1e-2);
-        opt.zero_grad();
+        let (hidden, _) = model.forward_hidden(&ids.narrow(1, 0, 16), None).unwrap();
+        head_loss(
+            &model.head,
+            &hidden,
+            &ids.narrow(1, 1, 16).contiguous(),
+            true,
+        )
+        .unwrap()
+        .objective
+        .backward();
+        opt.step(1e-2).unwrap();
+        opt.zero_grad().unwrap();
     }
     lora::set_training(&mut model, false);
     (model, layout)

@@ -5,7 +5,7 @@
 use crate::common::*;
 use rwkvtune_core::hub::AutoModel;
 use rwkvtune_core::model::Rwkv7;
-use rwkvtune_core::train::{clip_grad_norm, lm_loss, AdamW, OptimParam};
+use rwkvtune_core::train::{clip_grad_norm, head_loss, AdamW, OptimParam};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
@@ -19,8 +19,9 @@ fn grads(
         t.zero_grad();
         let _ = t.set_requires_grad(true);
     }
-    let (logits, _) = model.forward(&case["input_ids"], None, None).unwrap();
-    let loss = lm_loss(&logits, &case["labels"], l2wrap);
+    // The training path: final hidden states into the fused head + loss kernel.
+    let (hidden, _) = model.forward_hidden(&case["input_ids"], None).unwrap();
+    let loss = head_loss(&model.head, &hidden, &case["labels"], l2wrap).unwrap();
     loss.objective.backward();
     (
         loss.ce,
@@ -125,14 +126,92 @@ fn sft_step_matches_reference_for_both_models() {
             .collect();
         clip_grad_norm(&params, 1.0);
         let mut opt = AdamW::new(params, 0.9, 0.99, 1e-8);
-        opt.step(1e-3);
+        opt.step(1e-3).unwrap();
         let _g = tch::no_grad_guard();
-        let (logits, _) = model.forward(&case["input_ids"], None, None).unwrap();
-        let after = lm_loss(&logits, &case["labels"], false).ce;
+        let (hidden, _) = model.forward_hidden(&case["input_ids"], None).unwrap();
+        let after = head_loss(&model.head, &hidden, &case["labels"], false)
+            .unwrap()
+            .ce;
         let want = case["loss_after_step"].double_value(&[0]);
         assert!(
             (after - want).abs() <= 1e-4 * want,
             "{m}: loss after step {after} vs {want}"
+        );
+    }
+}
+
+/// Loss value and every trainable gradient through `loss_of(model)`.
+fn loss_and_grads(
+    model: &Rwkv7,
+    loss_of: impl Fn(&Rwkv7) -> rwkvtune_core::train::Loss,
+) -> (f64, Vec<(String, Tensor)>) {
+    let named = rwkvtune_core::train::trainable_tensors(model);
+    for (_, t) in &named {
+        t.shallow_clone().zero_grad();
+    }
+    let loss = loss_of(model);
+    loss.objective.backward();
+    let grads = named
+        .iter()
+        .map(|(n, t)| (n.clone(), t.grad().copy()))
+        .collect();
+    (loss.ce, grads)
+}
+
+#[test]
+fn fused_head_loss_equals_the_logits_path_and_honours_a_head_adapter() {
+    let case = load_case("train/u3x96h32__sft.safetensors");
+    let (ids, labels) = (&case["input_ids"], &case["labels"]);
+    let (b, t) = (ids.size()[0], ids.size()[1]);
+    let n = labels.ne(-100).sum(Kind::Int64).int64_value(&[]);
+    let fused = |m: &Rwkv7, wrap: bool| {
+        let (hidden, _) = m.forward_hidden(ids, None).unwrap();
+        head_loss(&m.head, &hidden, labels, wrap).unwrap()
+    };
+    let unfused = |m: &Rwkv7, wrap: bool| {
+        let (logits, _) = m.forward(ids, None, None).unwrap();
+        rwkvtune_core::train::lm_loss_part(&logits, labels, wrap, n, b * t)
+    };
+    let mut model =
+        AutoModel::from_pretrained(&model_dir("u3x96h32"), Device::Cpu, Kind::Float).unwrap();
+    for wrap in [false, true] {
+        let (lf, gf) = loss_and_grads(&model, |m| fused(m, wrap));
+        let (lu, gu) = loss_and_grads(&model, |m| unfused(m, wrap));
+        assert!((lf - lu).abs() <= 1e-6 * lu, "loss {lf} vs {lu}");
+        for ((name, a), (_, b)) in gf.iter().zip(&gu) {
+            let scale = b.abs().max().double_value(&[]).max(1e-12);
+            assert!(max_abs_diff(a, b) <= 1e-4 * scale, "{name} (l2wrap {wrap})");
+        }
+    }
+    // A LoRA adapter on the head must not be bypassed by the fused kernel.
+    let cfg: rwkvtune_core::lora::LoraConfig =
+        serde_json::from_str(r#"{"r": 4, "lora_alpha": 8, "target_modules": ["head"]}"#).unwrap();
+    rwkvtune_core::lora::get_peft_model(&mut model, &cfg, 3).unwrap();
+    {
+        let _g = tch::no_grad_guard();
+        let adapter = model.head.lora.as_ref().unwrap();
+        adapter
+            .b
+            .shallow_clone()
+            .copy_(&(adapter.b.randn_like() * 0.5));
+    }
+    let (lf, gf) = loss_and_grads(&model, |m| fused(m, true));
+    let (lu, gu) = loss_and_grads(&model, |m| unfused(m, true));
+    rwkvtune_core::lora::set_adapters_enabled(&mut model, false);
+    let base = tch::no_grad(|| fused(&model, true).ce);
+    rwkvtune_core::lora::set_adapters_enabled(&mut model, true);
+    assert!(
+        (base - lf).abs() > 1e-3,
+        "the adapter changes the loss ({base} vs {lf})"
+    );
+    assert!(
+        (lf - lu).abs() <= 1e-6 * lu,
+        "with a head adapter: {lf} vs {lu}"
+    );
+    for ((name, a), (_, b)) in gf.iter().zip(&gu) {
+        assert!(
+            a.equal(b),
+            "{name}: the head adapter must take the unfused path"
         );
     }
 }
