@@ -59,22 +59,31 @@ Dims check_inputs(const at::Tensor& r, const at::Tensor& w, const at::Tensor& k,
   return d;
 }
 
+// x · y with 8 independent partial sums. A single running sum is one serial chain of dependent
+// adds, which the compiler may not reorder (that would change the rounding) and which then runs
+// at one add per FPU latency; eight chains vectorise and overlap (the wkv7 step ran ~3x faster).
+template <typename acc_t>
+inline acc_t dot(const acc_t* x, const acc_t* y, int64_t n) {
+  acc_t part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) part[l] += x[j + l] * y[j + l];
+  acc_t tail = 0;
+  for (; j < n; ++j) tail += x[j] * y[j];
+  return ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7])) +
+         tail;
+}
+
 // One forward step for one head. s: [N, N] state, updated in place; y: [N] output.
 template <typename acc_t>
 inline void step_forward(acc_t* s, const acc_t* r, const acc_t* w, const acc_t* k, const acc_t* v,
                          const acc_t* a, const acc_t* b, acc_t* y, int64_t N) {
   for (int64_t i = 0; i < N; ++i) {
     acc_t* row = s + i * N;
-    acc_t sa = 0;
-    for (int64_t j = 0; j < N; ++j) sa += row[j] * a[j];
+    const acc_t sa = dot(row, a, N);
     const acc_t vi = v[i];
-    acc_t yi = 0;
-    for (int64_t j = 0; j < N; ++j) {
-      const acc_t x = row[j] * w[j] + sa * b[j] + vi * k[j];
-      row[j] = x;
-      yi += x * r[j];
-    }
-    y[i] = yi;
+    for (int64_t j = 0; j < N; ++j) row[j] = row[j] * w[j] + sa * b[j] + vi * k[j];
+    y[i] = dot(row, r, N);
   }
 }
 
@@ -138,12 +147,7 @@ void backward_kernel(const Dims& d, const acc_t* r, const acc_t* w, const acc_t*
             }
           }
           // sa = S_prev a (recomputed).
-          for (int64_t i = 0; i < N; ++i) {
-            const acc_t* row = S_prev + i * N;
-            acc_t s = 0;
-            for (int64_t j = 0; j < N; ++j) s += row[j] * at[j];
-            sa[i] = s;
-          }
+          for (int64_t i = 0; i < N; ++i) sa[i] = dot(S_prev + i * N, at, N);
           // S_cur = S_prev diag(w) + sa b^T + v k^T
           for (int64_t j = 0; j < N; ++j) {
             dw[o + j] = 0;
@@ -154,17 +158,14 @@ void backward_kernel(const Dims& d, const acc_t* r, const acc_t* w, const acc_t*
             const acc_t* prow = S_prev + i * N;
             const acc_t* drow = dS + i * N;
             const acc_t vi = vt[i], sai = sa[i];
-            acc_t dvi = 0, dsai = 0;
             for (int64_t j = 0; j < N; ++j) {
               const acc_t g = drow[j];
               dw[o + j] += g * prow[j];
               dk[o + j] += g * vi;
               db[o + j] += g * sai;
-              dvi += g * kt[j];
-              dsai += g * bt[j];
             }
-            dv[o + i] = dvi;
-            dsa[i] = dsai;
+            dv[o + i] = dot(drow, kt, N);
+            dsa[i] = dot(drow, bt, N);
           }
           // da = S_prev^T dsa; dS_prev = dS_cur diag(w) + dsa a^T
           for (int64_t j = 0; j < N; ++j) da[o + j] = 0;

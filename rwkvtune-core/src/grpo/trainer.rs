@@ -30,7 +30,7 @@ use crate::plugin::{
 };
 use crate::tokenizer::AutoTokenizer;
 use crate::train::checkpoint::{self, Snapshot, TrainerState};
-use crate::train::optim::{clip_grads, lr_at};
+use crate::train::optim::{clip_coefficient, lr_at};
 use crate::train::TrainedParams;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -685,7 +685,8 @@ impl GrpoTrainer {
             }
             // ---- one optimizer step ----
             let grads = params.grads(1.0);
-            let grad_norm = clip_grads(&grads, cfg.grad_clip);
+            let clip = clip_coefficient(&grads, cfg.grad_clip);
+            let grad_norm = clip.norm;
             let lr = lr_at(
                 state.step as i64,
                 total_steps as i64,
@@ -695,7 +696,7 @@ impl GrpoTrainer {
             );
             let loss = sums.loss;
             if loss.is_finite() && grad_norm.is_finite() {
-                params.step(lr, &grads)?;
+                params.step(lr, &grads, clip.coef)?;
                 state.consecutive_bad_steps = 0;
             } else {
                 state.consecutive_bad_steps += 1;

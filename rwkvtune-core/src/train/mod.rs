@@ -9,7 +9,7 @@ pub mod trainer;
 
 pub use config::{Task, TrainConfig};
 pub use loss::{head_loss, head_loss_part, lm_loss_part, Loss, IGNORE_INDEX};
-pub use optim::{clip_grad_norm, clip_grads, lr_at, AdamW, OptimParam};
+pub use optim::{clip_coefficient, lr_at, AdamW, Clip, OptimParam};
 pub use params::TrainedParams;
 pub use trainer::{
     evaluate, forward_backward, trainable_tensors, EvalResult, PretrainTrainer, SftTrainer,

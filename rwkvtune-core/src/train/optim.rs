@@ -61,13 +61,18 @@ impl AdamW {
     /// One update with base learning rate `lr`, reading each parameter's own `.grad()`.
     pub fn step(&mut self, lr: f64) -> Result<(), KernelError> {
         let grads: Vec<Tensor> = self.params.iter().map(|p| p.tensor.grad()).collect();
-        self.step_with(lr, &grads)
+        self.step_with(lr, &grads, 1.0)
     }
 
     /// One update from explicit gradients (one per parameter, in order; an undefined tensor
     /// leaves that parameter alone). Mixed precision passes the fp32-upcast gradients of the
     /// low-precision model here while `params` are the fp32 master weights.
-    pub fn step_with(&mut self, lr: f64, grads: &[Tensor]) -> Result<(), KernelError> {
+    pub fn step_with(
+        &mut self,
+        lr: f64,
+        grads: &[Tensor],
+        grad_scale: f64,
+    ) -> Result<(), KernelError> {
         let _guard = tch::no_grad_guard();
         self.step += 1;
         for (i, (p, g)) in self.params.iter().zip(grads).enumerate() {
@@ -88,7 +93,7 @@ impl AdamW {
                     weight_decay: p.weight_decay,
                     eps: self.eps,
                     step: self.step,
-                    grad_scale: 1.0,
+                    grad_scale,
                 },
             )?;
         }
@@ -148,35 +153,32 @@ impl AdamW {
     }
 }
 
-/// Global L2 norm of the parameters' gradients (accumulated in f64), then scales them so the
-/// norm is at most `max_norm`. Returns the norm before clipping.
-pub fn clip_grad_norm(params: &[OptimParam], max_norm: f64) -> f64 {
-    let grads: Vec<Tensor> = params.iter().map(|p| p.tensor.grad()).collect();
-    clip_grads(&grads, max_norm)
+/// The global gradient norm and what clipping makes of it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clip {
+    /// L2 norm over all gradients (per-tensor norms, their squares summed in f64).
+    pub norm: f64,
+    /// Factor the gradients are to be multiplied by: PyTorch's `clip_grad_norm_` rule,
+    /// max_norm / (norm + 1e-6) capped at 1; 1 when `max_norm <= 0` or the norm is not finite.
+    /// The optimizer applies it inside its fused update (no separate pass over the gradients).
+    pub coef: f64,
 }
 
-/// [`clip_grad_norm`] on explicit gradient tensors (scaled in place; undefined ones skipped),
-/// with PyTorch's `clip_grad_norm_` rule: coef = max_norm / (norm + 1e-6), capped at 1.
-/// `max_norm <= 0` only measures.
-pub fn clip_grads(grads: &[Tensor], max_norm: f64) -> f64 {
+/// Measures `grads` (undefined ones skipped) for clipping to `max_norm`.
+pub fn clip_coefficient(grads: &[Tensor], max_norm: f64) -> Clip {
     let _guard = tch::no_grad_guard();
-    // Per-tensor norms in the gradient's own precision, their squares summed in f64.
-    let total: f64 = grads
+    let norm: f64 = grads
         .iter()
         .filter(|g| g.defined())
         .map(|g| g.to_kind(Kind::Float).norm().double_value(&[]).powi(2))
         .sum::<f64>()
         .sqrt();
-    if max_norm > 0.0 && total.is_finite() {
-        let coef = max_norm / (total + 1e-6);
-        if coef < 1.0 {
-            for g in grads.iter().filter(|g| g.defined()) {
-                let mut g = g.shallow_clone();
-                g *= coef;
-            }
-        }
-    }
-    total
+    let coef = if max_norm > 0.0 && norm.is_finite() {
+        (max_norm / (norm + 1e-6)).min(1.0)
+    } else {
+        1.0
+    };
+    Clip { norm, coef }
 }
 
 /// Learning rate at optimizer step `step` (0-based): linear warmup from 0 over `warmup_steps`,
@@ -253,19 +255,31 @@ mod tests {
     }
 
     #[test]
-    fn clipping_scales_to_max_norm() {
-        let w = Tensor::zeros([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        (&w * Tensor::from_slice(&[3.0f32, 4.0]))
-            .sum(Kind::Float)
-            .backward();
-        let p = vec![OptimParam {
-            name: "w".into(),
-            tensor: w.shallow_clone(),
-            lr_scale: 1.0,
-            weight_decay: 0.0,
-        }];
-        assert!((clip_grad_norm(&p, 1.0) - 5.0).abs() < 1e-9);
-        let g: Vec<f32> = Vec::try_from(w.grad()).unwrap();
-        assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6);
+    fn clipping_scales_to_max_norm_inside_the_update() {
+        let g = Tensor::from_slice(&[3.0f32, 4.0]);
+        let clip = clip_coefficient(&[g.shallow_clone()], 1.0);
+        assert!((clip.norm - 5.0).abs() < 1e-9 && (clip.coef - 1.0 / (5.0 + 1e-6)).abs() < 1e-12);
+        assert_eq!(clip_coefficient(&[g.shallow_clone()], 10.0).coef, 1.0);
+        assert_eq!(clip_coefficient(&[g.shallow_clone()], 0.0).coef, 1.0);
+        // With β1 = 0 and β2 → 0 one step moves each weight by lr · g/|g|, clipped or not; the
+        // second moment shows the scaled gradient: v = (1 − β2) (coef · g)².
+        let w = Tensor::zeros([2], (Kind::Float, Device::Cpu));
+        let mut opt = AdamW::new(
+            vec![OptimParam {
+                name: "w".into(),
+                tensor: w.shallow_clone(),
+                lr_scale: 1.0,
+                weight_decay: 0.0,
+            }],
+            0.0,
+            0.5,
+            1e-8,
+        );
+        opt.step_with(1e-3, &[g], clip.coef).unwrap();
+        let v: Vec<f32> = Vec::try_from(&opt.state_tensors()[1].1).unwrap();
+        assert!(
+            (v[0] - 0.5 * 0.36).abs() < 1e-6 && (v[1] - 0.5 * 0.64).abs() < 1e-6,
+            "{v:?}"
+        );
     }
 }

@@ -56,9 +56,10 @@ impl TrainedParams {
             .collect()
     }
 
-    /// One AdamW step with `grads`, then the updated masters copied into the model.
-    pub fn step(&mut self, lr: f64, grads: &[Tensor]) -> Result<()> {
-        self.opt.step_with(lr, grads)?;
+    /// One AdamW step with `grads` times `grad_scale` (the clipping coefficient), then the
+    /// updated masters copied into the model.
+    pub fn step(&mut self, lr: f64, grads: &[Tensor], grad_scale: f64) -> Result<()> {
+        self.opt.step_with(lr, grads, grad_scale)?;
         if !self.master.is_empty() {
             let _g = tch::no_grad_guard();
             for ((_, t), m) in self.named.iter().zip(&self.master) {

@@ -8,7 +8,7 @@
 use super::checkpoint::{self, Snapshot, TrainerState};
 use super::config::{Task, TrainConfig};
 use super::loss::{head_loss_part, IGNORE_INDEX};
-use super::optim::{clip_grads, lr_at};
+use super::optim::{clip_coefficient, lr_at};
 use super::params::TrainedParams;
 use crate::data::{Batch, Batcher, Cursor, Dataset};
 use crate::error::{Error, Result};
@@ -277,7 +277,8 @@ impl Trainer {
                 let loss = micro_losses.iter().sum::<f64>() / micro_losses.len() as f64;
                 micro_losses.clear();
                 let grads = params.grads(state.loss_scale);
-                let grad_norm = clip_grads(&grads, cfg.grad_clip);
+                let clip = clip_coefficient(&grads, cfg.grad_clip);
+                let grad_norm = clip.norm;
                 let lr = lr_at(
                     state.step as i64,
                     total_steps as i64,
@@ -295,7 +296,7 @@ impl Trainer {
                         &step_examples,
                     )?;
                 } else {
-                    params.step(lr, &grads)?;
+                    params.step(lr, &grads, clip.coef)?;
                     state.consecutive_bad_steps = 0;
                     if cfg.precision == "fp16" {
                         good_steps_since_growth += 1;

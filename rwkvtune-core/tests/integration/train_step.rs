@@ -5,7 +5,7 @@
 use crate::common::*;
 use rwkvtune_core::hub::AutoModel;
 use rwkvtune_core::model::Rwkv7;
-use rwkvtune_core::train::{clip_grad_norm, head_loss, AdamW, OptimParam};
+use rwkvtune_core::train::{clip_coefficient, head_loss, AdamW, OptimParam};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
@@ -124,9 +124,10 @@ fn sft_step_matches_reference_for_both_models() {
                 p
             })
             .collect();
-        clip_grad_norm(&params, 1.0);
+        let grads: Vec<Tensor> = params.iter().map(|p| p.tensor.grad()).collect();
+        let clip = clip_coefficient(&grads, 1.0);
         let mut opt = AdamW::new(params, 0.9, 0.99, 1e-8);
-        opt.step(1e-3).unwrap();
+        opt.step_with(1e-3, &grads, clip.coef).unwrap();
         let _g = tch::no_grad_guard();
         let (hidden, _) = model.forward_hidden(&case["input_ids"], None).unwrap();
         let after = head_loss(&model.head, &hidden, &case["labels"], false)
