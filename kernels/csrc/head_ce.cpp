@@ -141,11 +141,10 @@ struct HeadCe : public torch::autograd::Function<HeadCe> {
     const auto x_dtype = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
     const auto w_dtype = static_cast<at::ScalarType>(ctx->saved_data["w_dtype"].toInt());
     // Usually 1 (no accumulation, no fp16 loss scale): then the [V, C] pass is skipped.
-    const at::Tensor g = grad_out[0].to(at::kCPU, at::kDouble);
-    const bool unit = g.item<double>() == 1.0;
+    const double g = grad_out[0].item<double>();
     variable_list out(5);
-    if (dx.defined()) out[0] = (unit ? dx : dx.mul_(g.item<double>())).to(x_dtype);
-    if (dw.defined()) out[1] = (unit ? dw : dw.mul_(g.item<double>())).to(w_dtype);
+    if (dx.defined()) out[0] = (g == 1.0 ? dx : dx.mul_(g)).to(x_dtype);
+    if (dw.defined()) out[1] = (g == 1.0 ? dw : dw.mul_(g)).to(w_dtype);
     return out;
   }
 };

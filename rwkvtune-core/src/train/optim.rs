@@ -73,7 +73,6 @@ impl AdamW {
         grads: &[Tensor],
         grad_scale: f64,
     ) -> Result<(), KernelError> {
-        let _guard = tch::no_grad_guard();
         self.step += 1;
         for (i, (p, g)) in self.params.iter().zip(grads).enumerate() {
             if !g.defined() {
@@ -197,23 +196,24 @@ mod tests {
     use super::*;
     use tch::Device;
 
+    /// AdamW over the one tensor `w`, learning-rate scale 1, no weight decay.
+    fn single(w: &Tensor, beta1: f64, beta2: f64) -> AdamW {
+        let p = OptimParam {
+            name: "w".into(),
+            tensor: w.shallow_clone(),
+            lr_scale: 1.0,
+            weight_decay: 0.0,
+        };
+        AdamW::new(vec![p], beta1, beta2, 1e-8)
+    }
+
     #[test]
     fn first_adam_step_is_lr_times_sign() {
         let w = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).set_requires_grad(true);
         (&w * Tensor::from_slice(&[0.5f32, -2.0, 0.0]))
             .sum(Kind::Float)
             .backward();
-        let mut opt = AdamW::new(
-            vec![OptimParam {
-                name: "w".into(),
-                tensor: w.shallow_clone(),
-                lr_scale: 1.0,
-                weight_decay: 0.0,
-            }],
-            0.9,
-            0.99,
-            1e-8,
-        );
+        let mut opt = single(&w, 0.9, 0.99);
         opt.step(1e-3).unwrap();
         let got: Vec<f32> = Vec::try_from(w.detach()).unwrap();
         assert!(
@@ -261,20 +261,10 @@ mod tests {
         assert!((clip.norm - 5.0).abs() < 1e-9 && (clip.coef - 1.0 / (5.0 + 1e-6)).abs() < 1e-12);
         assert_eq!(clip_coefficient(&[g.shallow_clone()], 10.0).coef, 1.0);
         assert_eq!(clip_coefficient(&[g.shallow_clone()], 0.0).coef, 1.0);
-        // With β1 = 0 and β2 → 0 one step moves each weight by lr · g/|g|, clipped or not; the
-        // second moment shows the scaled gradient: v = (1 − β2) (coef · g)².
+        // The second moment after one step holds the gradient as the update saw it:
+        // v = (1 − β2) (coef · g)².
         let w = Tensor::zeros([2], (Kind::Float, Device::Cpu));
-        let mut opt = AdamW::new(
-            vec![OptimParam {
-                name: "w".into(),
-                tensor: w.shallow_clone(),
-                lr_scale: 1.0,
-                weight_decay: 0.0,
-            }],
-            0.0,
-            0.5,
-            1e-8,
-        );
+        let mut opt = single(&w, 0.0, 0.5);
         opt.step_with(1e-3, &[g], clip.coef).unwrap();
         let v: Vec<f32> = Vec::try_from(&opt.state_tensors()[1].1).unwrap();
         assert!(
