@@ -4,10 +4,10 @@ use crate::*;
 use std::process::Command;
 
 fn pytorch_python() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv-pytorch/bin/python");
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv-torch/bin/python");
     assert!(
         p.exists(),
-        "{} missing: run `scripts/setup --with-pytorch` (the README's test command does)",
+        "{} missing: run `scripts/setup --tests` (the README's test command does)",
         p.display()
     );
     p

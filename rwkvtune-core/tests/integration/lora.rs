@@ -269,10 +269,10 @@ fn bin_adapter_loads_in_pytorch() {
     let (live, layout) = train_a_little(&cfg);
     let tmp = tempfile::tempdir().unwrap();
     let file = lora::save_adapter(&live, &layout, tmp.path(), WeightFormat::Pth, None).unwrap();
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv-pytorch/bin/python");
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv-torch/bin/python");
     assert!(
         python.exists(),
-        "{} missing: run scripts/setup --with-pytorch",
+        "{} missing: run scripts/setup --tests",
         python.display()
     );
     let script = "import sys, torch\nd = torch.load(sys.argv[1], weights_only=True)\n\
