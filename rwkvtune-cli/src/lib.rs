@@ -55,7 +55,8 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(n) = cli.threads {
+    let threads = cli.threads;
+    if let Some(n) = threads {
         tch::set_num_threads(n);
     }
     match cli.command {
@@ -67,8 +68,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::MergeLora(a) => cmd::merge_lora::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Demo(a) => cmd::demo::run(a),
-        Command::Sft(a) => cmd::train::run(rwkvtune_core::train::Task::Sft, a),
-        Command::Pretrain(a) => cmd::train::run(rwkvtune_core::train::Task::Pretrain, a),
+        Command::Sft(a) => cmd::train::run(rwkvtune_core::train::Task::Sft, a, threads),
+        Command::Pretrain(a) => cmd::train::run(rwkvtune_core::train::Task::Pretrain, a, threads),
         Command::Eval(a) => cmd::train::run_eval(a),
         Command::Plugin(c) => cmd::plugin::run(c),
         Command::Reward(a) => cmd::plugin::run_reward(a),

@@ -44,6 +44,9 @@ pub enum Error {
     /// A reward function or post-processor failed under `on_error = abort`, or was misconfigured.
     #[error(transparent)]
     Plugin(#[from] crate::plugin::PluginError),
+    /// A data-parallel rendezvous or collective failed.
+    #[error("data parallel: {0}")]
+    Dist(#[from] crate::dist::DistError),
     #[error("wkv7 kernel: {0}")]
     Kernel(#[from] rwkvtune_kernels::KernelError),
     #[error("libtorch: {0}")]

@@ -3,12 +3,13 @@
 //!
 //! Inference: hub directory → [`hub`] (weights, config) → [`model::Rwkv7`] ← [`tokenizer`] ids →
 //! logits → [`generate`] sampling. Training: [`data`] → [`train`] (loss, AdamW, the loop,
-//! checkpoints) → [`metrics`]; [`lora`] attaches adapters inside the model's linear layers;
+//! checkpoints, data parallelism through [`dist`]) → [`metrics`]; [`lora`] attaches adapters inside the model's linear layers;
 //! [`plugin`] runs reward functions behind the `RewardFn` trait. The wkv7 recurrence and the
 //! activation-checkpoint Function live in the `rwkvtune-kernels` crate (C++ autograd ops).
 
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod generate;
 pub mod grpo;

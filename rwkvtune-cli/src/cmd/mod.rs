@@ -5,6 +5,7 @@ pub mod create_hub;
 pub mod demo;
 pub mod generate;
 pub mod grpo;
+pub mod launch;
 pub mod logits;
 pub mod merge_lora;
 pub mod plugin;

@@ -1,5 +1,6 @@
 //! `sft`, `pretrain` and `eval`.
 
+use super::launch;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rwkvtune_core::data::{load_dataset, DataOptions};
@@ -54,6 +55,10 @@ pub struct TrainArgs {
     pub chunk_ctx: Option<usize>,
     #[arg(long)]
     pub device: Option<String>,
+    /// Data-parallel processes, one per device (config field `devices`): each gets its own
+    /// micro-batches, and gradients are summed before every optimizer step.
+    #[arg(long)]
+    pub devices: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// Pre-training only: start from the official fresh initialisation of the model's shape
@@ -96,6 +101,7 @@ impl TrainArgs {
         put("train_type", self.train_type.clone());
         put("chunk_ctx", self.chunk_ctx.map(|v| v.to_string()));
         put("device", self.device.clone());
+        put("devices", self.devices.map(|v| v.to_string()));
         put("seed", self.seed.map(|v| v.to_string()));
         put("use_lora", self.lora.then(|| "true".to_string()));
         put("lora.r", self.lora_r.map(|v| v.to_string()));
@@ -121,10 +127,13 @@ impl TrainArgs {
     }
 }
 
-pub fn run(task: Task, a: TrainArgs) -> Result<()> {
+pub fn run(task: Task, a: TrainArgs, threads: Option<i32>) -> Result<()> {
     let cfg = a.config(task)?;
     if a.from_scratch && task != Task::Pretrain {
         bail!("--from-scratch is for `rwkvtune pretrain`");
+    }
+    if cfg.devices > 1 && !launch::is_rank() {
+        return launch::run_ranks(cfg.devices, threads);
     }
     let device = parse_device(&cfg.device)?;
     let loaded = AutoModel::from_pretrained(&a.model, device, Kind::Float)
@@ -148,16 +157,21 @@ pub fn run(task: Task, a: TrainArgs) -> Result<()> {
         model.dims.vocab_size,
         &opts,
     )?;
-    eprintln!(
-        "data: {} examples ({} tokens, {} trained) from {}",
-        data.len(),
-        data.stats.tokens,
-        data.stats.trained_tokens,
-        a.data.display()
-    );
+    if launch::is_lead() {
+        eprintln!(
+            "data: {} examples ({} tokens, {} trained) from {}",
+            data.len(),
+            data.stats.tokens,
+            data.stats.trained_tokens,
+            a.data.display()
+        );
+    }
     let mut trainer = Trainer::new(cfg, model, tok, data)?;
     trainer.progress = !a.quiet;
     let out = trainer.train()?;
+    if !launch::is_lead() {
+        return Ok(());
+    }
     println!(
         "trained {} steps ({} skipped); last loss {:.4}; final model in {}",
         out.steps,

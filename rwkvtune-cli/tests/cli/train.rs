@@ -334,3 +334,122 @@ fn lora_sft_then_merge_gives_the_adapter_model_loss() {
         "merged {m} vs adapter {adapted}"
     );
 }
+
+/// Replaces the value of `flag` in `args`.
+fn set_flag(args: &mut [String], flag: &str, value: &str) {
+    let at = args.iter().position(|a| a == flag).expect("flag present");
+    args[at + 1] = value.to_string();
+}
+
+/// The per-step losses of a run's `loss_data.jsonl`.
+fn step_losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("loss_data.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn two_data_parallel_ranks_train_exactly_like_one_process_accumulating_two_micro_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rows.jsonl");
+    write_rows(&data, 26, 24); // 13 micro-batches of 2: the 13th is left out with 2 ranks
+    let run = |name: &str, extra: &[&str]| {
+        let out_dir = tmp.path().join(name);
+        let mut args = sft_args(&data, &out_dir);
+        set_flag(&mut args, "--epoch-count", "1");
+        args.extend(
+            [
+                "--set",
+                "grad_clip=0.05",
+                "--set",
+                "save_every_n_batches=0",
+                "--set",
+                "epoch_steps=12",
+            ]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string()),
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_rwkvtune"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out_dir, String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ddp, stdout) = run("ddp", &["--devices", "2"]);
+    assert!(
+        stdout.contains("trained 6 steps"),
+        "rank 0 reports once: {stdout}"
+    );
+    let (single, _) = run("single", &["--set", "accumulate_grad_batches=2"]);
+    let (l_ddp, l_single) = (step_losses(&ddp), step_losses(&single));
+    assert_eq!(l_ddp.len(), 6);
+    assert_eq!(l_ddp, l_single, "per-step losses differ");
+    let w_ddp = std::fs::read(ddp.join("final/model.pth")).unwrap();
+    let w_single = std::fs::read(single.join("final/model.pth")).unwrap();
+    assert!(
+        w_ddp == w_single,
+        "2 ranks must give the weights of 1 process accumulating 2 micro-batches"
+    );
+    // Exactly one writer: one epoch checkpoint, no leftovers of a second rank.
+    let names: Vec<String> = std::fs::read_dir(&ddp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("rwkv7-") || n.starts_with('.'))
+        .collect();
+    assert_eq!(names, vec!["rwkv7-epoch1".to_string()]);
+
+    // A checkpoint of the 2-rank run resumes only on 2 ranks.
+    let mut resume = sft_args(&data, &ddp);
+    resume.extend(
+        ["--set", "epoch_steps=12", "--resume", "latest"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_rwkvtune"))
+        .args(&resume)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("resume with devices = 2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn data_parallel_refuses_what_it_cannot_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rows.jsonl");
+    write_rows(&data, 2, 24); // one micro-batch of 2: nothing for a second rank
+    let mut args = sft_args(&data, &tmp.path().join("out"));
+    args.extend(["--devices", "2"].iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let err = fails(&args);
+    assert!(err.contains("cannot feed 2 devices"), "{err}");
+    assert!(err.contains("the other ranks were stopped"), "{err}");
+
+    let mut args = sft_args(&data, &tmp.path().join("out2"));
+    args.extend(
+        ["--devices", "2", "--set", "strategy=single"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let err = fails(&args);
+    assert!(
+        err.contains("strategy `single` runs on one device"),
+        "{err}"
+    );
+}

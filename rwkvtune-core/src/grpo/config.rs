@@ -480,7 +480,13 @@ impl GrpoConfig {
         }
         .validate()
         .map_err(|m| Error::InvalidArgument(format!("config: {m}")))?;
-        // The shared fields follow the supervised rules (precision, devices, LoRA, ...).
+        if self.devices != 1 {
+            return bad(format!(
+                "devices = {}: GRPO runs on one device (data-parallel training covers sft and pretrain)",
+                self.devices
+            ));
+        }
+        // The shared fields follow the supervised rules (precision, LoRA, ...).
         self.train_config().validate()
     }
 

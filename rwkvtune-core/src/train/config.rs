@@ -57,7 +57,10 @@ pub struct TrainConfig {
     pub l2wrap: bool,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// Data-parallel processes, one per device ([`crate::dist`]); each rank reads `RANK`,
+    /// `WORLD_SIZE`, `MASTER_ADDR` and `MASTER_PORT`, which `rwkvtune sft|pretrain` sets.
     pub devices: usize,
+    /// `auto` / `ddp` (data parallel when devices > 1) or `single`.
     pub strategy: String,
     /// `fp32`, `bf16` or `fp16` (bf16/fp16 keep fp32 master weights and optimizer state).
     pub precision: String,
@@ -207,14 +210,20 @@ impl TrainConfig {
                 self.report_to
             ));
         }
-        if self.devices != 1 {
-            return bad("devices > 1 is not supported yet: run one process per GPU is planned; use devices = 1".into());
-        }
-        if !matches!(self.strategy.as_str(), "auto" | "single") {
-            return bad(format!(
-                "strategy `{}` is not supported; use `auto`",
-                self.strategy
-            ));
+        match self.strategy.as_str() {
+            "auto" | "ddp" => {}
+            "single" if self.devices == 1 => {}
+            "single" => {
+                return bad(format!(
+                    "strategy `single` runs on one device but devices = {}; use `auto` or `ddp`",
+                    self.devices
+                ))
+            }
+            other => {
+                return bad(format!(
+                    "strategy `{other}` is not supported; use `auto` (one device, or data parallel over `devices` processes), `ddp` or `single`"
+                ))
+            }
         }
         if !(self.lr_init > 0.0 && self.lr_final >= 0.0) {
             return bad("lr_init must be > 0 and lr_final >= 0".into());

@@ -100,6 +100,15 @@ impl TrainedParams {
                 "the data or micro_bsz/seed differ from the run that wrote this checkpoint; resume with the same data and settings",
             ));
         }
+        if restored.state.config.devices != state.config.devices {
+            return Err(Error::checkpoint(
+                &dir,
+                format!(
+                    "written by a run on {} devices; resume with devices = {} (the data cursor and schedule depend on it)",
+                    restored.state.config.devices, restored.state.config.devices
+                ),
+            ));
+        }
         let saved = self.restore(&dir, restored)?;
         state.step = saved.step;
         state.cursor = saved.cursor;

@@ -11,6 +11,7 @@ use super::loss::{head_loss_part, IGNORE_INDEX};
 use super::optim::{clip_coefficient, lr_at};
 use super::params::TrainedParams;
 use crate::data::{Batch, Batcher, Cursor, Dataset};
+use crate::dist::{self, ProcessGroup, RankEnv};
 use crate::error::{Error, Result};
 use crate::hub::{parse_device, parse_kind, write_json};
 use crate::metrics::{MetricsConfig, MetricsLogger, ProgressMode, StepMetrics};
@@ -135,6 +136,8 @@ pub struct Trainer {
     pub progress: bool,
     /// The adapters attached when `use_lora` is set.
     pub lora: Option<crate::lora::LoraLayout>,
+    /// The data-parallel ring (`devices` > 1); a group of one otherwise.
+    pub group: ProcessGroup,
 }
 
 /// trl-style names for the two uses of the same loop.
@@ -150,7 +153,30 @@ impl Trainer {
         dataset: Dataset,
     ) -> Result<Trainer> {
         config.validate()?;
-        let device = parse_device(&config.device)?;
+        let rank_env = if config.devices > 1 {
+            let env = RankEnv::from_env()?.ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "devices = {} needs one process per device: `rwkvtune sft|pretrain` launches them, or start them yourself with RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set (as torchrun does)",
+                    config.devices
+                ))
+            })?;
+            if env.world != config.devices {
+                return Err(Error::InvalidArgument(format!(
+                    "devices = {} but WORLD_SIZE = {}; they must agree",
+                    config.devices, env.world
+                )));
+            }
+            Some(env)
+        } else {
+            None
+        };
+        let mut device = parse_device(&config.device)?;
+        // One device per process: `cuda` means this process's own GPU.
+        if let (Device::Cuda(0), Some(env)) = (device, &rank_env) {
+            if !config.device.contains(':') {
+                device = Device::Cuda(env.local_rank);
+            }
+        }
         if device != Device::Cpu && !tch::Cuda::is_available() {
             return Err(Error::InvalidArgument(format!(
                 "device `{}` requested but libtorch sees no CUDA device (build with --features cuda against a CUDA libtorch)",
@@ -177,6 +203,15 @@ impl Trainer {
             ));
         }
         model.grad_checkpointing = config.grad_cp == 1;
+        // Last: the rendezvous waits for every rank, so a rank that fails above fails fast.
+        let group = match &rank_env {
+            Some(env) => ProcessGroup::connect(
+                env,
+                dist::DEFAULT_RENDEZVOUS_TIMEOUT,
+                dist::DEFAULT_COLLECTIVE_TIMEOUT,
+            )?,
+            None => ProcessGroup::single(),
+        };
         Ok(Trainer {
             config,
             model,
@@ -184,26 +219,45 @@ impl Trainer {
             dataset,
             progress: true,
             lora,
+            group,
         })
     }
 
     /// Runs the whole training, resuming first when `resume_from_checkpoint` is set.
+    ///
+    /// With several ranks, micro-batch `p` of an epoch's order goes to rank `p mod world`, the
+    /// gradients of each accumulation window are summed over ranks before the step, and only
+    /// rank 0 writes checkpoints, logs and the final model. One step of `world` ranks with
+    /// accumulation `a` is therefore one step of a single process with accumulation
+    /// `world × a` over the same micro-batches.
     pub fn train(&mut self) -> Result<TrainOutcome> {
         let cfg = self.config.clone();
+        let (rank, world) = (self.group.rank(), self.group.world());
+        let lead = rank == 0;
         let proj = PathBuf::from(&cfg.proj_dir);
-        std::fs::create_dir_all(&proj).map_err(|e| Error::io(&proj, e))?;
-        checkpoint::clean_partials(&proj);
-        let run_config = serde_json::to_value(&cfg)
-            .map_err(|e| Error::json(proj.join("run_config.json"), e.to_string()))?;
-        write_json(&proj.join("run_config.json"), &run_config)?;
+        if lead {
+            std::fs::create_dir_all(&proj).map_err(|e| Error::io(&proj, e))?;
+            checkpoint::clean_partials(&proj);
+            let run_config = serde_json::to_value(&cfg)
+                .map_err(|e| Error::json(proj.join("run_config.json"), e.to_string()))?;
+            write_json(&proj.join("run_config.json"), &run_config)?;
+        }
 
         let batcher = Batcher::new(self.dataset.len(), cfg.micro_bsz, cfg.seed).map_err(|e| {
             Error::InvalidArgument(format!("{}: {e}", self.dataset.source.display()))
         })?;
-        let per_epoch = cfg.epoch_steps.map_or(batcher.batches_per_epoch(), |s| {
+        let available = cfg.epoch_steps.map_or(batcher.batches_per_epoch(), |s| {
             s.min(batcher.batches_per_epoch())
         });
-        let steps_per_epoch = per_epoch.div_ceil(cfg.accumulate_grad_batches) as u64;
+        // Every rank takes the same number of micro-batches; the few left over are not used.
+        let per_epoch = available - available % world;
+        if per_epoch == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{}: {available} micro-batches per epoch cannot feed {world} devices; use more data, a smaller micro_bsz or fewer devices",
+                self.dataset.source.display()
+            )));
+        }
+        let steps_per_epoch = (per_epoch / world).div_ceil(cfg.accumulate_grad_batches) as u64;
         let total_steps = steps_per_epoch * cfg.epoch_count as u64;
 
         // Parameters: the model's own tensors (fp32), or fp32 masters of low-precision ones.
@@ -229,26 +283,46 @@ impl Trainer {
             Some(spec) => Some(params.resume(spec, &proj, &mut state)?),
             None => None,
         };
-        let mut log = MetricsLogger::new(&MetricsConfig {
-            output_dir: proj.clone(),
-            report_to: cfg
-                .report_to
-                .parse()
-                .map_err(|e| Error::InvalidArgument(format!("report_to: {e}")))?,
-            total_steps,
-            log_every: cfg.log_every_n_steps.max(1) as u64,
-            progress: if self.progress {
-                ProgressMode::Auto
-            } else {
-                ProgressMode::Off
-            },
-            resume_step: resumed,
-        })?;
+        let mut log = if lead {
+            Some(MetricsLogger::new(&MetricsConfig {
+                output_dir: proj.clone(),
+                report_to: cfg
+                    .report_to
+                    .parse()
+                    .map_err(|e| Error::InvalidArgument(format!("report_to: {e}")))?,
+                total_steps,
+                log_every: cfg.log_every_n_steps.max(1) as u64,
+                progress: if self.progress {
+                    ProgressMode::Auto
+                } else {
+                    ProgressMode::Off
+                },
+                resume_step: resumed,
+            })?)
+        } else {
+            None
+        };
+        let event = |log: &mut Option<MetricsLogger>, msg: String| {
+            if let Some(log) = log.as_mut() {
+                log.event(msg);
+            }
+        };
+        if world > 1 {
+            event(
+                &mut log,
+                format!(
+                    "data parallel over {world} processes: {per_epoch} of {available} micro-batches per epoch, {steps_per_epoch} steps"
+                ),
+            );
+        }
         if let Some(step) = resumed {
-            log.event(format!(
-                "resumed at step {step} (epoch {}, batch {})",
-                state.cursor.epoch, state.cursor.position
-            ));
+            event(
+                &mut log,
+                format!(
+                    "resumed at step {step} (epoch {}, batch {})",
+                    state.cursor.epoch, state.cursor.position
+                ),
+            );
         }
 
         let mut last_loss = f64::NAN;
@@ -260,23 +334,37 @@ impl Trainer {
             let mut step_tokens = 0i64;
             let mut step_examples = Vec::new();
             while state.cursor.position < per_epoch {
-                let pos = state.cursor.position;
+                let pos = state.cursor.position + rank;
                 let batch = self.dataset.batch(batcher.batch_indices(&order, pos));
-                let scale = state.loss_scale / cfg.accumulate_grad_batches as f64;
+                let scale = state.loss_scale / (cfg.accumulate_grad_batches * world) as f64;
                 let micro = forward_backward(&self.model, &batch, &cfg, scale)?;
                 micro_losses.push(micro.loss);
                 step_tokens += batch.input_ids.len() as i64;
                 step_examples.extend(batch.example_indices.iter().copied());
-                state.cursor.position += 1;
+                state.cursor.position += world;
                 let boundary = micro_losses.len() == cfg.accumulate_grad_batches
                     || state.cursor.position == per_epoch;
                 if !boundary {
                     continue;
                 }
                 // ---- one optimizer step ----
-                let loss = micro_losses.iter().sum::<f64>() / micro_losses.len() as f64;
+                let mut sums = [
+                    micro_losses.iter().sum::<f64>(),
+                    micro_losses.len() as f64,
+                    step_tokens as f64,
+                ];
+                self.group.all_reduce_sum_f64(&mut sums)?;
+                let loss = sums[0] / sums[1];
                 micro_losses.clear();
-                let grads = params.grads(state.loss_scale);
+                let mut grads = params.grads(state.loss_scale);
+                if world > 1 {
+                    let like: Vec<Tensor> = params
+                        .named
+                        .iter()
+                        .map(|(_, t)| t.shallow_clone())
+                        .collect();
+                    grads = dist::all_reduce_tensors(&self.group, &grads, &like)?;
+                }
                 let clip = clip_coefficient(&grads, cfg.grad_clip);
                 let grad_norm = clip.norm;
                 let lr = lr_at(
@@ -309,19 +397,21 @@ impl Trainer {
                 params.zero_grad()?;
                 state.step += 1;
                 last_loss = loss;
-                let mut m = StepMetrics {
-                    step: state.step,
-                    epoch,
-                    loss,
-                    lr,
-                    grad_norm: Some(grad_norm),
-                    tokens: step_tokens as u64,
-                    ..Default::default()
-                };
-                if cfg.precision == "fp16" {
-                    m.extra.insert("loss_scale".into(), state.loss_scale);
+                if let Some(log) = log.as_mut() {
+                    let mut m = StepMetrics {
+                        step: state.step,
+                        epoch,
+                        loss,
+                        lr,
+                        grad_norm: Some(grad_norm),
+                        tokens: sums[2] as u64,
+                        ..Default::default()
+                    };
+                    if cfg.precision == "fp16" {
+                        m.extra.insert("loss_scale".into(), state.loss_scale);
+                    }
+                    log.log_step(&m)?;
                 }
-                log.log_step(&m)?;
                 step_tokens = 0;
                 step_examples.clear();
                 if cfg.save_every_n_batches > 0
@@ -334,8 +424,10 @@ impl Trainer {
                         };
                     }
                     state.name = format!("rwkv7-batch{}", state.step);
-                    let dir = self.save(&proj, &state, &params)?;
-                    log.event(format!("saved {}", dir.display()));
+                    if lead {
+                        let dir = self.save(&proj, &state, &params)?;
+                        event(&mut log, format!("saved {}", dir.display()));
+                    }
                     if state.cursor.epoch != epoch {
                         break;
                     }
@@ -346,21 +438,32 @@ impl Trainer {
                 position: 0,
             };
             let last = state.cursor.epoch as usize == cfg.epoch_count;
-            if (cfg.epoch_save > 0 && (epoch as usize + 1).is_multiple_of(cfg.epoch_save)) || last {
+            if lead
+                && ((cfg.epoch_save > 0 && (epoch as usize + 1).is_multiple_of(cfg.epoch_save))
+                    || last)
+            {
                 state.name = format!("rwkv7-epoch{}", epoch + 1);
                 let dir = self.save(&proj, &state, &params)?;
-                log.event(format!("saved {}", dir.display()));
+                event(&mut log, format!("saved {}", dir.display()));
             }
         }
         let final_dir = proj.join("final");
         if self.lora.is_some() {
             crate::lora::set_training(&mut self.model, false);
         }
-        crate::hub::write_dir_atomically(&final_dir, false, |d| {
-            checkpoint::write_model_dir(d, &self.model, &self.tokenizer, &cfg, self.lora.as_ref())
-        })?;
-        log.event(format!("final model: {}", final_dir.display()));
-        log.finish()?;
+        if let Some(mut log) = log {
+            crate::hub::write_dir_atomically(&final_dir, false, |d| {
+                checkpoint::write_model_dir(
+                    d,
+                    &self.model,
+                    &self.tokenizer,
+                    &cfg,
+                    self.lora.as_ref(),
+                )
+            })?;
+            log.event(format!("final model: {}", final_dir.display()));
+            log.finish()?;
+        }
         Ok(TrainOutcome {
             steps: state.step,
             final_dir,
@@ -391,7 +494,7 @@ impl Trainer {
         &self,
         proj: &Path,
         state: &mut TrainerState,
-        log: &mut MetricsLogger,
+        log: &mut Option<MetricsLogger>,
         loss: f64,
         grad_norm: f64,
         examples: &[usize],
@@ -401,20 +504,23 @@ impl Trainer {
         if state.config.precision == "fp16" {
             state.loss_scale = (state.loss_scale / 2.0).max(1.0);
         }
-        let rec = serde_json::json!({"step": state.step + 1, "epoch": state.cursor.epoch, "loss": loss.to_string(),
-            "grad_norm": grad_norm.to_string(), "examples": examples});
         let path = proj.join("bad_batches.jsonl");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        writeln!(f, "{rec}").map_err(|e| Error::io(&path, e))?;
-        log.event(format!(
-            "step {}: non-finite loss {loss} / grad norm {grad_norm}; skipped (examples in {})",
-            state.step + 1,
-            path.display()
-        ));
+        // Under data parallelism the record holds rank 0's share of the batch.
+        if let Some(log) = log.as_mut() {
+            let rec = serde_json::json!({"step": state.step + 1, "epoch": state.cursor.epoch, "loss": loss.to_string(),
+                "grad_norm": grad_norm.to_string(), "examples": examples});
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            writeln!(f, "{rec}").map_err(|e| Error::io(&path, e))?;
+            log.event(format!(
+                "step {}: non-finite loss {loss} / grad norm {grad_norm}; skipped (examples in {})",
+                state.step + 1,
+                path.display()
+            ));
+        }
         if state.consecutive_bad_steps > state.config.max_bad_steps {
             return Err(Error::InvalidArgument(format!(
                 "{} consecutive steps had a non-finite loss or gradient; stopping (see {}). Lower lr_init, enable grad_clip, or use fp32/bf16",
