@@ -94,6 +94,18 @@ impl RankEnv {
     }
 }
 
+/// The device a process trains on: `cuda` without an index means this rank's own GPU
+/// (`LOCAL_RANK`), so one command line serves every rank.
+pub fn rank_device(spec: &str, env: Option<&RankEnv>) -> crate::Result<tch::Device> {
+    let device = crate::hub::parse_device(spec)?;
+    Ok(match (device, env) {
+        (tch::Device::Cuda(_), Some(env)) if !spec.contains(':') => {
+            tch::Device::Cuda(env.local_rank)
+        }
+        _ => device,
+    })
+}
+
 /// A connected ring of `world` processes.
 #[derive(Debug)]
 pub struct ProcessGroup {

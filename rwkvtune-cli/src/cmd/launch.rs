@@ -35,7 +35,9 @@ pub fn run_ranks(devices: usize, threads: Option<i32>) -> Result<()> {
     eprintln!("launching {devices} ranks (data parallel, rendezvous 127.0.0.1:{port})");
     let mut children: Vec<Child> = Vec::with_capacity(devices);
     for rank in 0..devices {
-        let spawned = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        die_with_parent(&mut command);
+        let spawned = command
             .args(&args)
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())
@@ -77,6 +79,26 @@ pub fn run_ranks(devices: usize, threads: Option<i32>) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
+}
+
+/// A launcher killed outright (SIGKILL) cannot stop its ranks, so each rank asks the kernel to
+/// kill it when the launcher dies: no orphaned rank keeps training and writing checkpoints.
+fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches only the calling (child) process.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
 }
 
 fn stop_all(children: &mut [Child]) {

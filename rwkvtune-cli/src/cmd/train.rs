@@ -4,6 +4,7 @@ use super::launch;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rwkvtune_core::data::{load_dataset, DataOptions};
+use rwkvtune_core::dist::{rank_device, RankEnv};
 use rwkvtune_core::hub::{parse_device, AutoModel};
 use rwkvtune_core::model::Rwkv7;
 use rwkvtune_core::tokenizer::AutoTokenizer;
@@ -135,7 +136,7 @@ pub fn run(task: Task, a: TrainArgs, threads: Option<i32>) -> Result<()> {
     if cfg.devices > 1 && !launch::is_rank() {
         return launch::run_ranks(cfg.devices, threads);
     }
-    let device = parse_device(&cfg.device)?;
+    let device = rank_device(&cfg.device, RankEnv::from_env()?.as_ref())?;
     let loaded = AutoModel::from_pretrained(&a.model, device, Kind::Float)
         .with_context(|| format!("loading model {}", a.model.display()))?;
     let model = if a.from_scratch {

@@ -453,3 +453,90 @@ fn data_parallel_refuses_what_it_cannot_run() {
         "{err}"
     );
 }
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn kill_dash_nine_of_the_launcher_stops_every_rank_and_the_run_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rows.jsonl");
+    write_rows(&data, 60, 24); // 30 micro-batches: 15 steps per epoch on 2 ranks, 30 in all
+    let args = |out: &Path| {
+        let mut a = sft_args(&data, out);
+        a.extend(["--devices", "2"].iter().map(|s| s.to_string()));
+        a
+    };
+    let a = tmp.path().join("a");
+    let out = Command::new(env!("CARGO_BIN_EXE_rwkvtune"))
+        .args(args(&a))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let b = tmp.path().join("b");
+    let mut launcher = Command::new(env!("CARGO_BIN_EXE_rwkvtune"))
+        .args(args(&b))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !b.join("rwkv7-batch3").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    launcher.kill().unwrap(); // SIGKILL: the launcher cannot stop its ranks itself
+    launcher.wait().unwrap();
+    let needle = b.to_str().unwrap();
+    let t0 = Instant::now();
+    while !processes_mentioning(needle).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "ranks outlived their launcher: {:?}",
+            processes_mentioning(needle)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !b.join("final").exists(),
+        "the run finished before it was killed; the test proves nothing"
+    );
+
+    let mut resume = args(&b);
+    resume.extend(["--resume".to_string(), "latest".to_string()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_rwkvtune"))
+        .args(&resume)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wa = std::fs::read(a.join("final/model.pth")).unwrap();
+    let wb = std::fs::read(b.join("final/model.pth")).unwrap();
+    assert!(
+        wa == wb,
+        "2-rank weights after kill -9 + resume differ from the uninterrupted run"
+    );
+    let lines = std::fs::read_to_string(b.join("loss_data.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 30, "each step logged once");
+}

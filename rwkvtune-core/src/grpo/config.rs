@@ -575,6 +575,7 @@ mod tests {
             ("accumulate_grad_batches=3", "accumulate_grad_batches"),
             ("kl_approximator=k4", "k4"),
             ("scale_rewards=rank", "rank"),
+            ("devices=2", "GRPO runs on one device"),
         ] {
             let err = GrpoConfig::resolve(None, &[set.into()])
                 .unwrap_err()

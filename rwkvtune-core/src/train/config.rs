@@ -380,11 +380,23 @@ mod tests {
             ("micro_bsz=0", "micro_bsz"),
             ("precision=fp8", "fp8"),
             ("train_type=x", "train_type"),
+            ("devices=0", "devices"),
+            ("strategy=deepspeed_stage_2", "deepspeed_stage_2"),
         ] {
             let err = TrainConfig::resolve(Task::Sft, None, &[set.into()])
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(word), "{set}: {err}");
         }
+        let two = |strategy: &str| {
+            TrainConfig::resolve(
+                Task::Sft,
+                None,
+                &["devices=2".into(), format!("strategy={strategy}")],
+            )
+        };
+        assert!(two("ddp").is_ok() && two("auto").is_ok());
+        let err = two("single").unwrap_err().to_string();
+        assert!(err.contains("runs on one device"), "{err}");
     }
 }

@@ -13,7 +13,7 @@ use super::params::TrainedParams;
 use crate::data::{Batch, Batcher, Cursor, Dataset};
 use crate::dist::{self, ProcessGroup, RankEnv};
 use crate::error::{Error, Result};
-use crate::hub::{parse_device, parse_kind, write_json};
+use crate::hub::{parse_kind, write_json};
 use crate::metrics::{MetricsConfig, MetricsLogger, ProgressMode, StepMetrics};
 use crate::model::{Rwkv7, State};
 use crate::tokenizer::AutoTokenizer;
@@ -170,13 +170,7 @@ impl Trainer {
         } else {
             None
         };
-        let mut device = parse_device(&config.device)?;
-        // One device per process: `cuda` means this process's own GPU.
-        if let (Device::Cuda(0), Some(env)) = (device, &rank_env) {
-            if !config.device.contains(':') {
-                device = Device::Cuda(env.local_rank);
-            }
-        }
+        let device = dist::rank_device(&config.device, rank_env.as_ref())?;
         if device != Device::Cpu && !tch::Cuda::is_available() {
             return Err(Error::InvalidArgument(format!(
                 "device `{}` requested but libtorch sees no CUDA device (build with --features cuda against a CUDA libtorch)",
