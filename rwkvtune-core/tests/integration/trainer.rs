@@ -306,6 +306,32 @@ fn config_and_data_mismatch_on_resume_is_refused() {
 }
 
 #[test]
+fn several_devices_without_rank_variables_are_refused_with_the_way_out() {
+    assert!(
+        std::env::var_os("WORLD_SIZE").is_none(),
+        "the test needs a process that is not a rank"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let data_path = tmp.path().join("rows.jsonl");
+    write_rows(&data_path, 4, 16, 3);
+    let mut c = config(&tmp.path().join("p"));
+    c.devices = 2;
+    let err = Trainer::new(
+        c,
+        small_model(),
+        AutoTokenizer::builtin(),
+        dataset(&data_path, 32),
+    )
+    .err()
+    .expect("devices = 2 in a lone process")
+    .to_string();
+    assert!(
+        err.contains("one process per device") && err.contains("WORLD_SIZE"),
+        "{err}"
+    );
+}
+
+#[test]
 fn gradient_checkpointing_gives_the_same_gradients() {
     let (b, t) = (2usize, 24usize);
     let ids: Vec<i64> = (0..b * t)
