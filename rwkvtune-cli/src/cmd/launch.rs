@@ -6,16 +6,6 @@ use anyhow::{bail, Context, Result};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// True in a process that this launcher (or torchrun) started as one rank.
-pub fn is_rank() -> bool {
-    std::env::var_os("WORLD_SIZE").is_some()
-}
-
-/// Rank 0 of a launched run, or a single-process run: the one that talks to the user.
-pub fn is_lead() -> bool {
-    std::env::var("RANK").map_or(true, |r| r.trim() == "0")
-}
-
 /// Runs the current command line as `devices` ranks on this machine. Without `--threads`,
 /// each rank gets an equal share of the CPU cores.
 pub fn run_ranks(devices: usize, threads: Option<i32>) -> Result<()> {

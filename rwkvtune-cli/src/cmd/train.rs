@@ -133,10 +133,13 @@ pub fn run(task: Task, a: TrainArgs, threads: Option<i32>) -> Result<()> {
     if a.from_scratch && task != Task::Pretrain {
         bail!("--from-scratch is for `rwkvtune pretrain`");
     }
-    if cfg.devices > 1 && !launch::is_rank() {
+    let rank_env = RankEnv::from_env()?;
+    if cfg.devices > 1 && rank_env.is_none() {
         return launch::run_ranks(cfg.devices, threads);
     }
-    let device = rank_device(&cfg.device, RankEnv::from_env()?.as_ref())?;
+    // Rank 0 of a launched run, or a single process: the one that talks to the user.
+    let lead = rank_env.as_ref().is_none_or(|e| e.rank == 0);
+    let device = rank_device(&cfg.device, rank_env.as_ref())?;
     let loaded = AutoModel::from_pretrained(&a.model, device, Kind::Float)
         .with_context(|| format!("loading model {}", a.model.display()))?;
     let model = if a.from_scratch {
@@ -158,7 +161,7 @@ pub fn run(task: Task, a: TrainArgs, threads: Option<i32>) -> Result<()> {
         model.dims.vocab_size,
         &opts,
     )?;
-    if launch::is_lead() {
+    if lead {
         eprintln!(
             "data: {} examples ({} tokens, {} trained) from {}",
             data.len(),
@@ -170,7 +173,7 @@ pub fn run(task: Task, a: TrainArgs, threads: Option<i32>) -> Result<()> {
     let mut trainer = Trainer::new(cfg, model, tok, data)?;
     trainer.progress = !a.quiet;
     let out = trainer.train()?;
-    if !launch::is_lead() {
+    if !lead {
         return Ok(());
     }
     println!(

@@ -66,25 +66,25 @@ fn sft_args(data: &Path, out: &Path) -> Vec<String> {
     .collect()
 }
 
-#[test]
-fn kill_dash_nine_then_resume_gives_bit_identical_weights() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("rows.jsonl");
-    write_rows(&data, 60, 24); // 30 steps per epoch, 60 in all
-    let a = tmp.path().join("a");
-    let out = Command::new(env!("CARGO_BIN_EXE_rwkvtune"))
-        .args(sft_args(&data, &a))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Runs `args(dir)` as a process and requires success; returns stdout.
+fn run_ok(args: &[String]) -> String {
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
 
-    let b = tmp.path().join("b");
+/// The kill -9 experiment: `args(a)` runs uninterrupted; `args(b)` is SIGKILLed as soon as its
+/// first checkpoint (`rwkv7-batch3`) exists, `after_kill(b)` runs, and `b` resumes with
+/// `--resume latest`. Returns (a, b).
+fn uninterrupted_and_killed_then_resumed(
+    tmp: &Path,
+    args: impl Fn(&Path) -> Vec<String>,
+    after_kill: impl Fn(&Path),
+) -> (PathBuf, PathBuf) {
+    let a = tmp.join("a");
+    run_ok(&args(&a));
+
+    let b = tmp.join("b");
     let mut child = Command::new(env!("CARGO_BIN_EXE_rwkvtune"))
-        .args(sft_args(&data, &b))
+        .args(args(&b))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -99,22 +99,25 @@ fn kill_dash_nine_then_resume_gives_bit_identical_weights() {
     }
     child.kill().unwrap(); // SIGKILL: no cleanup, no flush
     child.wait().unwrap();
+    after_kill(&b);
     assert!(
         !b.join("final").exists(),
         "the run finished before it was killed; the test proves nothing"
     );
 
-    let mut resume = sft_args(&data, &b);
+    let mut resume = args(&b);
     resume.extend(["--resume".to_string(), "latest".to_string()]);
-    let out = Command::new(env!("CARGO_BIN_EXE_rwkvtune"))
-        .args(&resume)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&resume);
+    (a, b)
+}
+
+#[test]
+fn kill_dash_nine_then_resume_gives_bit_identical_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rows.jsonl");
+    write_rows(&data, 60, 24); // 30 steps per epoch, 60 in all
+    let (a, b) =
+        uninterrupted_and_killed_then_resumed(tmp.path(), |out| sft_args(&data, out), |_| {});
     let wa = std::fs::read(a.join("final/model.pth")).unwrap();
     let wb = std::fs::read(b.join("final/model.pth")).unwrap();
     assert!(
@@ -376,16 +379,7 @@ fn two_data_parallel_ranks_train_exactly_like_one_process_accumulating_two_micro
             .chain(extra)
             .map(|s| s.to_string()),
         );
-        let out = Command::new(env!("CARGO_BIN_EXE_rwkvtune"))
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out_dir, String::from_utf8_lossy(&out.stdout).into_owned())
+        (out_dir, run_ok(&args))
     };
     let (ddp, stdout) = run("ddp", &["--devices", "2"]);
     assert!(
@@ -477,60 +471,21 @@ fn kill_dash_nine_of_the_launcher_stops_every_rank_and_the_run_resumes_exactly()
         a.extend(["--devices", "2"].iter().map(|s| s.to_string()));
         a
     };
-    let a = tmp.path().join("a");
-    let out = Command::new(env!("CARGO_BIN_EXE_rwkvtune"))
-        .args(args(&a))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    let b = tmp.path().join("b");
-    let mut launcher = Command::new(env!("CARGO_BIN_EXE_rwkvtune"))
-        .args(args(&b))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !b.join("rwkv7-batch3").exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    launcher.kill().unwrap(); // SIGKILL: the launcher cannot stop its ranks itself
-    launcher.wait().unwrap();
-    let needle = b.to_str().unwrap();
-    let t0 = Instant::now();
-    while !processes_mentioning(needle).is_empty() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "ranks outlived their launcher: {:?}",
-            processes_mentioning(needle)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        !b.join("final").exists(),
-        "the run finished before it was killed; the test proves nothing"
-    );
-
-    let mut resume = args(&b);
-    resume.extend(["--resume".to_string(), "latest".to_string()]);
-    let out = Command::new(env!("CARGO_BIN_EXE_rwkvtune"))
-        .args(&resume)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The launcher cannot stop its ranks itself after a SIGKILL.
+    let ranks_die_with_the_launcher = |b: &Path| {
+        let needle = b.to_str().unwrap();
+        let t0 = Instant::now();
+        while !processes_mentioning(needle).is_empty() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "ranks outlived their launcher: {:?}",
+                processes_mentioning(needle)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (a, b) =
+        uninterrupted_and_killed_then_resumed(tmp.path(), args, ranks_die_with_the_launcher);
     let wa = std::fs::read(a.join("final/model.pth")).unwrap();
     let wb = std::fs::read(b.join("final/model.pth")).unwrap();
     assert!(
